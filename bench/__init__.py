@@ -1,0 +1,1 @@
+"""Benchmarks: write JSON with side-by-side ratios; not tests."""

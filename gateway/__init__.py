@@ -1,0 +1,1 @@
+"""HTTP gateway (FastAPI): routes, schemas, auth. Thin: every decision lives in services/."""

@@ -1,0 +1,236 @@
+"""Per-model async micro-batcher: token-budget packing, length sorting, bounded lanes, cancellation.
+
+Why here and not only in Triton: on CPU, padding decides throughput (a random batch pads 2-3x), so rows
+are grouped by length before the model sees them; and admission control (429 before any work) needs the
+queue where the request is. Triton's dynamic batcher then only merges batches of several gateway
+processes.
+
+Packing (after TEI's queue): the oldest rows form a window in arrival order, the window is sorted by
+length, and the first batch is cut from it under `max_batch_tokens` (counting padding: rows x longest)
+and `max_batch_size`; the rest of the window goes back to the front of the queue, so nothing starves.
+Lanes: `online` is always served before `backfill` (re-embedding during model upgrades).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services import metrics
+from services.errors import Overloaded
+
+LANES = ("online", "backfill")
+Runner = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Job:
+    """One caller's rows; done when every row has a vector."""
+
+    size: int
+    future: asyncio.Future[np.ndarray]
+    out: np.ndarray | None = None
+    remaining: int = 0
+    cancelled: bool = False
+
+    def deliver(self, index: int, vec: np.ndarray) -> None:
+        if self.out is None:
+            self.out = np.empty((self.size, vec.shape[-1]), dtype=np.float32)
+        self.out[index] = vec
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.out)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass(eq=False)
+class _Row:
+    job: _Job
+    index: int
+    data: np.ndarray
+    cost: int
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: str,
+        run: Runner,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int,
+        inflight: int = 2,
+        retry_after_s: int = 1,
+        cost: Callable[[np.ndarray], int] = len,
+    ) -> None:
+        self.model = model
+        self.run = run
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self.cost = cost
+        self.queues: dict[str, deque[_Row]] = {lane: deque() for lane in LANES}
+        self._slots = asyncio.Semaphore(inflight)
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    # -- public -----------------------------------------------------------------------------------
+    def depth(self, lane: str | None = None) -> int:
+        return sum(len(q) for name, q in self.queues.items() if lane in (None, name))
+
+    async def submit(self, rows: list[np.ndarray], lane: str = "online") -> np.ndarray:
+        """Queue rows and wait for their vectors ([len(rows), dim]); 429 when the lane is full.
+
+        If the caller is cancelled (client gone), its queued rows are dropped before any work.
+        """
+        if not rows:
+            return np.empty((0, 0), dtype=np.float32)
+        queue = self.queues[lane]
+        if len(queue) + len(rows) > self.max_queue:
+            metrics.REJECTED.labels("queue_full").inc()
+            raise Overloaded(f"{self.model}: {lane} queue is full ({len(queue)} inputs waiting)",
+                             retry_after=self.retry_after_s)
+        self._ensure_running()
+        job = _Job(len(rows), asyncio.get_running_loop().create_future(), remaining=len(rows))
+        now = time.perf_counter()
+        for i, data in enumerate(rows):
+            queue.append(_Row(job, i, data, max(int(self.cost(data)), 1), now))
+        metrics.QUEUE_DEPTH.labels(self.model, lane).set(len(queue))
+        self._wakeup.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self._drop_cancelled(lane)
+            raise
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for t in list(self._inflight):
+            t.cancel()
+        for queue in self.queues.values():
+            for row in queue:
+                row.job.fail(asyncio.CancelledError())
+            queue.clear()
+
+    # -- scheduling -------------------------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model}")
+
+    def _drop_cancelled(self, lane: str) -> None:
+        queue = self.queues[lane]
+        kept = [r for r in queue if not r.job.cancelled]
+        if len(kept) != len(queue):
+            queue.clear()
+            queue.extend(kept)
+            metrics.QUEUE_DEPTH.labels(self.model, lane).set(len(queue))
+
+    def _lane(self) -> str | None:
+        for lane in LANES:
+            if self.queues[lane]:
+                return lane
+        return None
+
+    def _full(self, queue: deque[_Row]) -> bool:
+        if len(queue) >= self.max_batch_size:
+            return True
+        longest = max(r.cost for r in queue)
+        return longest * (len(queue) + 1) > self.max_batch_tokens
+
+    async def _loop(self) -> None:
+        while True:
+            lane = self._lane()
+            if lane is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            queue = self.queues[lane]
+            # Let a partial batch fill for up to max_wait after its oldest row arrived.
+            wait = queue[0].enqueued + self.max_wait - time.perf_counter()
+            if wait > 0 and not self._full(queue):
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                continue
+            await self._slots.acquire()
+            batch = self._cut(lane)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._dispatch(lane, batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    def _cut(self, lane: str) -> list[_Row]:
+        queue = self.queues[lane]
+        window: list[_Row] = []
+        while queue and len(window) < 4 * self.max_batch_size:
+            row = queue.popleft()
+            if not row.job.cancelled:
+                window.append(row)
+        window_sorted = sorted(window, key=lambda r: r.cost, reverse=True)
+        batch: list[_Row] = []
+        for row in window_sorted:
+            longest = batch[0].cost if batch else row.cost
+            if batch and (len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
+                break
+            batch.append(row)
+        taken = {id(r) for r in batch}
+        queue.extendleft(reversed([r for r in window if id(r) not in taken]))
+        metrics.QUEUE_DEPTH.labels(self.model, lane).set(len(queue))
+        return batch
+
+    async def _dispatch(self, lane: str, batch: list[_Row]) -> None:
+        try:
+            now = time.perf_counter()
+            for row in batch:
+                metrics.QUEUE_TIME.labels(self.model).observe(now - row.enqueued)
+            metrics.BATCH_SIZE.labels(self.model).observe(len(batch))
+            metrics.BATCH_TOKENS.labels(self.model).observe(len(batch) * batch[0].cost)
+            try:
+                vectors = await self.run([r.data for r in batch])
+            except BaseException as exc:
+                for row in batch:
+                    row.job.fail(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for row, vec in zip(batch, vectors, strict=True):
+                row.job.deliver(row.index, vec)
+        finally:
+            self._slots.release()
+            self._wakeup.set()
+
+
+def pad_tokens(rows: list[np.ndarray], left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Pad token-id rows to the longest: ids (pad 0) and attention mask."""
+    longest = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), longest), dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for i, r in enumerate(rows):
+        if left:
+            ids[i, longest - len(r):] = r
+            mask[i, longest - len(r):] = 1
+        else:
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+    return ids, mask

@@ -1,0 +1,114 @@
+"""One settings class for the whole fleet.
+
+Every knob is an `EMBEDFLEET_*` environment variable (or a `.env` entry); docker-compose and the Helm
+chart set exactly these fields, which a test checks. Nothing reads the environment at import time:
+callers build a `Settings` with `get_settings()` and pass it down explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDFLEET_", env_file=".env", extra="ignore")
+
+    # --- gateway -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1, description="uvicorn worker processes of the gateway")
+    log_level: str = "info"
+    data_dir: Path = Field(PACKAGE_ROOT / "var", description="local state: qdrant, blobs, jobs, logs")
+
+    # --- models and Triton ---------------------------------------------------------------------
+    registry_path: Path = Field(PACKAGE_ROOT / "services" / "registry" / "models.yaml")
+    model_repository: Path = Field(PACKAGE_ROOT / "model_repository")
+    models: list[str] = Field(
+        default_factory=lambda: ["all-minilm-l6-v2"], description="models the gateway serves"
+    )
+    triton_url: str | None = Field(
+        None, description="host:port of an external Triton gRPC endpoint; unset = start a local one"
+    )
+    triton_http_port: int = 0
+    triton_grpc_port: int = 0
+    triton_metrics_port: int = 0
+    triton_instance_count: int = Field(1, ge=1, description="instances per model on the CPU target")
+    triton_ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per instance")
+    triton_startup_timeout_s: float = 120.0
+    triton_timeout_s: float = Field(30.0, description="per-call deadline for a Triton inference")
+    build_target: Literal["cpu", "gpu"] = "cpu"
+
+    # --- batching and admission ----------------------------------------------------------------
+    max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch sent to Triton")
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_queue_inputs: int = Field(4096, ge=1, description="queued inputs per model before 429")
+    inflight_batches: int = Field(2, ge=1, description="batches in flight to Triton per model")
+    retry_after_s: int = Field(1, ge=1)
+
+    # --- payload limits ------------------------------------------------------------------------
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_inputs_per_request: int = 2048
+    max_chars_per_input: int = 100_000
+
+    # --- auth ----------------------------------------------------------------------------------
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="api key -> tenant id (JSON in the environment)"
+    )
+    api_keys_file: Path | None = Field(None, description="YAML/JSON file of {key: tenant|{tenant, rate...}}")
+    rate_limit_rps: float = Field(50.0, gt=0, description="default per-key requests/s (token bucket)")
+    rate_limit_burst: int = Field(100, ge=1)
+
+    # --- cache ---------------------------------------------------------------------------------
+    cache_backend: Literal["none", "lru", "redis"] = "lru"
+    cache_max_entries: int = 100_000
+    cache_ttl_s: int = 7 * 24 * 3600
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # --- storage and jobs ----------------------------------------------------------------------
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = local mode under data_dir")
+    qdrant_api_key: str | None = None
+    blob_dir: Path | None = Field(None, description="content-addressed blob store; default data_dir/blobs")
+    broker_url: str | None = Field(None, description="Celery broker; unset = jobs run in-process")
+    async_threshold: int = Field(256, ge=1, description="documents per request above which indexing is a job")
+    job_chunk_size: int = Field(64, ge=1)
+
+    # --- media ---------------------------------------------------------------------------------
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    allowed_image_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+    max_video_bytes: int = 64 * 1024 * 1024
+    max_video_seconds: float = 600.0
+    max_video_pixels: int = 1920 * 1080
+    video_decode_timeout_s: float = 20.0
+    fetch_enabled: bool = False
+    fetch_allowed_hosts: list[str] = Field(default_factory=list)
+    fetch_timeout_s: float = 5.0
+    media_workers: int = Field(2, ge=1, description="threads for decode/resize off the event loop")
+
+    @field_validator("models", "allowed_image_formats", "fetch_allowed_hosts", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        """Accept `a,b,c` from the environment as well as JSON lists."""
+        if isinstance(v, str) and not v.lstrip().startswith("["):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @property
+    def local_triton(self) -> bool:
+        return self.triton_url is None
+
+    @property
+    def blobs_path(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides (used by the CLI and tests)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

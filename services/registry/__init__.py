@@ -1,0 +1,249 @@
+"""The model registry: one YAML file describing every model the fleet serves.
+
+Validated with pydantic at load; a bad file fails fast with the file, model and field named, so a typo
+can never surface as a wrong vector at request time. Triton's `max_batch_size`, the TensorRT profiles and
+the gateway batcher's limits all derive from the same `batching` block here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from services.errors import ConfigError, NotFound
+
+DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
+PRESETS_FILE = Path(__file__).with_name("templates.yaml")
+
+
+class Modality(StrEnum):
+    text = "text"
+    image = "image"
+    video = "video"
+    multimodal = "multimodal"
+
+
+class Kind(StrEnum):
+    text_encoder = "text-encoder"
+    image_encoder = "image-encoder"
+    dual_tower = "dual-tower"
+    vlm = "vlm"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where the weights come from. No type ever downloads from a hub at run time."""
+
+    type: Literal["python-package", "split-zip", "path", "random-init"]
+    package: str | None = None  # python-package: importable package holding the model folder
+    subdir: str = ""  # folder inside the package / unzipped archive
+    packages: list[str] = Field(default_factory=list)  # split-zip: pieces in order
+    member_glob: str = ""  # split-zip: file name pattern of the piece inside each package
+    sha256: str | None = None  # split-zip: checksum of the assembled archive
+    path: str | None = None  # path: relative to the repository root
+    architecture: str | None = None  # random-init: transformers config class, e.g. CLIPVisionConfig
+    config: dict[str, object] = Field(default_factory=dict)  # random-init: config overrides
+
+    @model_validator(mode="after")
+    def _needs(self) -> Source:
+        need = {"python-package": "package", "split-zip": "packages", "path": "path", "random-init": "architecture"}
+        if not getattr(self, need[self.type]):
+            raise ValueError(f"source type {self.type!r} needs {need[self.type]!r}")
+        return self
+
+
+class Batching(_Strict):
+    max_batch_size: int = Field(64, ge=1)
+    max_batch_tokens: int = Field(8192, ge=1)
+    opt_batch_size: int = Field(16, ge=1)
+    min_seq_len: int = Field(1, ge=1)
+    opt_seq_len: int = Field(64, ge=1)
+
+
+class Side(StrEnum):
+    query = "query"
+    document = "document"
+
+
+class TaskTemplates(_Strict):
+    """Query and document templates of one task family, verbatim; an empty document template is legal."""
+
+    query: str = "{text}"
+    document: str = "{text}"
+
+    def for_side(self, side: Side) -> str:
+        return self.query if side is Side.query else self.document
+
+
+class Image(_Strict):
+    size: int = Field(224, ge=8)
+    patch: int | None = None
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    resize: Literal["shortest-edge-center-crop", "squash"] = "shortest-edge-center-crop"
+
+
+class Fusion(_Strict):
+    """Dual-tower interleaved items: weighted mean of normalized tower vectors (UniIR score-level fusion)."""
+
+    text_weight: float = Field(0.5, ge=0)
+    image_weight: float = Field(0.5, ge=0)
+
+
+class ModelSpec(_Strict):
+    name: str
+    version: str = "1"
+    modality: Modality
+    kind: Kind
+    source: Source
+    tokenizer: str | None = "tokenizer.json"  # relative to the source folder
+    max_seq_length: int = Field(256, ge=1)
+    pooling: Literal["mean", "cls", "last-token", "none"] = "mean"
+    padding_side: Literal["right", "left"] = "right"
+    normalize: bool = True
+    dimension: int = Field(ge=1)
+    matryoshka_dims: list[int] = Field(default_factory=list)
+    engines: dict[Literal["onnx", "tensorrt", "torch"], str] = Field(default_factory=dict)
+    batching: Batching = Batching()
+    templates: dict[str, TaskTemplates] = Field(default_factory=dict)
+    preset: str | None = None  # name in templates.yaml whose families are merged under `templates`
+    image: Image | None = None
+    video_frames: int = Field(8, ge=1)
+    image_placeholder: str | None = None  # vlm: the backbone's image token, rendered for {image}
+    video_placeholder: str | None = None
+    fusion: Fusion | None = None
+    towers: dict[Literal["text", "image"], str] = Field(default_factory=dict)  # dual-tower: model names
+    serve: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.replace("-", "").replace("_", "").replace(".", "").isalnum() or v != v.lower():
+            raise ValueError("model names are lowercase letters, digits, '-', '_' and '.' (Triton model names)")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ModelSpec:
+        for d in self.matryoshka_dims:
+            if not 1 <= d <= self.dimension:
+                raise ValueError(f"matryoshka dimension {d} outside 1..{self.dimension}")
+        if self.kind is Kind.dual_tower and not ({"text", "image"} <= set(self.towers)):
+            raise ValueError("a dual-tower model names its 'text' and 'image' towers")
+        if self.kind is Kind.vlm and not self.image_placeholder:
+            raise ValueError("a vlm model needs image_placeholder")
+        if self.kind is Kind.image_encoder and self.image is None:
+            raise ValueError("an image encoder needs an 'image' preprocessing block")
+        if self.batching.max_batch_tokens < self.max_seq_length:
+            raise ValueError("batching.max_batch_tokens must hold at least one max-length sequence")
+        return self
+
+    @property
+    def ref(self) -> str:
+        """`name:version`, the cache and collection identity of this model."""
+        return f"{self.name}:{self.version}"
+
+    @property
+    def triton_name(self) -> str:
+        return self.name
+
+    def allows_dimensions(self, dims: int) -> bool:
+        return dims == self.dimension or dims in self.matryoshka_dims
+
+    def source_dir(self, repo_root: Path | None = None) -> Path:
+        """Local folder of the model's files (tokenizer, weights). Never touches the network."""
+        root = repo_root or Path(__file__).resolve().parents[2]
+        src = self.source
+        if src.type == "python-package":
+            spec = importlib.util.find_spec(src.package or "")
+            if spec is None or not spec.submodule_search_locations:
+                raise ConfigError(f"model {self.name}: package {src.package!r} is not installed")
+            return Path(next(iter(spec.submodule_search_locations))) / src.subdir
+        if src.type == "path":
+            return root / (src.path or "")
+        if src.type == "split-zip":
+            from services.config import PACKAGE_ROOT
+
+            return PACKAGE_ROOT / "var" / "models" / self.name / src.subdir
+        raise ConfigError(f"model {self.name}: random-init models have no source folder")
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelSpec]
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> Registry:
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} is listed twice")
+            seen.add(m.name)
+        names = {m.name for m in self.models}
+        for m in self.models:
+            for tower in m.towers.values():
+                if tower not in names:
+                    raise ValueError(f"model {m.name!r} names unknown tower {tower!r}")
+        return self
+
+    @cached_property
+    def by_name(self) -> dict[str, ModelSpec]:
+        return {m.name: m for m in self.models}
+
+    def get(self, name: str, *, field: str = "model") -> ModelSpec:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise NotFound(f"model {name!r} is not in the registry", field=field) from None
+
+
+def _merge_presets(raw: dict, presets: dict[str, dict]) -> dict:
+    for m in raw.get("models") or []:
+        preset = m.get("preset") if isinstance(m, dict) else None
+        if preset is None:
+            continue
+        if preset not in presets:
+            raise ConfigError(f"{m.get('name')}: unknown template preset {preset!r} (known: {sorted(presets)})")
+        m["templates"] = {**presets[preset]["templates"], **(m.get("templates") or {})}
+    return raw
+
+
+def load_presets(path: Path = PRESETS_FILE) -> dict[str, dict]:
+    return yaml.safe_load(path.read_text())["presets"]
+
+
+def load_registry(path: Path | str = DEFAULT_REGISTRY) -> Registry:
+    """Load and validate; errors name the file, the model and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read registry: {exc}") from exc
+    if not isinstance(raw, dict) or "models" not in raw:
+        raise ConfigError(f"{path}: a registry is a mapping with a 'models' list")
+    raw = _merge_presets(raw, load_presets())
+    try:
+        return Registry(models=raw["models"], path=path)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            where = ""
+            if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+                models = raw["models"]
+                name = models[loc[1]].get("name", f"#{loc[1]}") if isinstance(models[loc[1]], dict) else loc[1]
+                where = f"model {name!r}"
+                loc = loc[2:]
+            field = ".".join(str(p) for p in loc) or "(model)"
+            lines.append(f"{path}: {where} field {field}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Model export (ONNX), parity checks, TensorRT engines and Triton repository generation."""

@@ -1,0 +1,166 @@
+"""`embedfleet build MODEL --target cpu|gpu`: export, check, and write the Triton repository entry.
+
+Idempotent: a stamp (`.build.json`) records a digest of every input (registry entry, weights, build code,
+target options); a second run with the same inputs does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from services.config import Settings
+from services.registry import Kind, ModelSpec, Registry
+from trt_build import engine as trt_engine
+from trt_build.parity import PARITY_SENTENCES, ParityReport, compare, reference_embeddings
+from trt_build.profiles import text_profile, trtexec_shapes
+from trt_build.triton_config import TEXT_INPUTS, CpuOptions, cpu_config, gpu_config
+
+BUILD_CODE = [Path(__file__).with_name(n) for n in ("build.py", "export.py", "python_model.py", "triton_config.py")]
+STAMP = ".build.json"
+
+
+@dataclass
+class BuildReport:
+    model: str
+    target: str
+    actions: list[str] = field(default_factory=list)
+    figures: dict[str, object] = field(default_factory=dict)
+    up_to_date: bool = False
+
+    def say(self, line: str) -> None:
+        self.actions.append(line)
+        print(f"[build {self.model}] {line}", flush=True)
+
+
+def _digest(paths: list[Path], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for p in sorted(paths):
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()
+
+
+def _model_dir(spec: ModelSpec, settings: Settings) -> Path:
+    if spec.source.type == "split-zip":
+        from trt_build.weights import materialize
+
+        return materialize(spec, settings.data_dir / "models")
+    return spec.source_dir()
+
+
+def ort_run(onnx_path: Path, threads: int = 2):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        names = [i.name for i in session.get_inputs()]
+        return session.run(None, dict(zip(names, arrays, strict=True)))[0]
+
+    return run
+
+
+def _st_tokenize(model_dir: Path, spec: ModelSpec):  # type: ignore[no-untyped-def]
+    """The reference's own tokenizer: parity isolates the engine from our tokenizer."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    model.max_seq_length = spec.max_seq_length
+
+    def encode(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        features = model.tokenize(sentences)
+        return features["input_ids"].numpy(), features["attention_mask"].numpy()
+
+    return encode
+
+
+def text_parity(spec: ModelSpec, model_dir: Path, onnx_path: Path) -> ParityReport:
+    reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)
+    ids, mask = _st_tokenize(model_dir, spec)(list(PARITY_SENTENCES))
+    return compare("onnxruntime", ort_run(onnx_path)(ids, mask), reference)
+
+
+def build(registry: Registry, name: str, settings: Settings, target: str = "cpu", force: bool = False) -> BuildReport:
+    spec = registry.get(name)
+    report = BuildReport(spec.name, target)
+    if spec.kind is Kind.dual_tower:
+        report.say(f"dual-tower model: nothing to build; build its towers {sorted(spec.towers.values())}")
+        report.up_to_date = True
+        return report
+    repo = settings.model_repository
+    model_root = repo / spec.triton_name
+    version_dir = model_root / spec.version
+    onnx_path = repo / spec.engines.get("onnx", f"{spec.triton_name}/{spec.version}/model.onnx")
+    opts = CpuOptions(instance_count=settings.triton_instance_count, ort_threads=settings.triton_ort_threads)
+    model_dir = _model_dir(spec, settings)
+    stamp_inputs = json.dumps(
+        {"spec": spec.model_dump(mode="json"), "target": target, "opts": opts.__dict__}, sort_keys=True
+    )
+    digest = _digest([model_dir, *BUILD_CODE], stamp_inputs)
+    stamp_path = model_root / STAMP
+    if not force and stamp_path.exists() and onnx_path.exists():
+        if json.loads(stamp_path.read_text()).get("digest") == digest:
+            report.up_to_date = True
+            report.say(f"up to date ({stamp_path}); nothing to do")
+            return report
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if spec.kind is Kind.image_encoder:
+        src = model_dir / "model.onnx"
+        shutil.copyfile(src, onnx_path)
+        report.say(f"copied image tower {src} -> {onnx_path}")
+    else:
+        from trt_build.export import export_onnx
+
+        started = time.perf_counter()
+        figures = export_onnx(spec, model_dir, onnx_path)
+        report.figures.update(figures)
+        report.say(f"exported ONNX {onnx_path} ({figures['onnx_mb']:.1f} MB) in {time.perf_counter() - started:.1f}s")
+        parity = text_parity(spec, model_dir, onnx_path)
+        report.figures["parity_onnx"] = {"max_abs_diff": parity.max_abs_diff, "min_cosine": parity.min_cosine}
+        report.say(str(parity))
+        if not parity.ok:
+            raise RuntimeError(str(parity))
+        profile = text_profile(spec)
+        report.figures["trt_profile"] = profile.as_dict()
+        report.say(f"TensorRT profile {profile.as_dict()} ({' '.join(trtexec_shapes(profile, TEXT_INPUTS))})")
+        if target == "gpu":
+            result = trt_engine.build_engine(onnx_path, repo / spec.engines.get("tensorrt", ""), profile, TEXT_INPUTS)
+            report.say(f"TensorRT engine: {result.reason}")
+            if result.built and result.path is not None:
+                reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)
+                ids, mask = _st_tokenize(model_dir, spec)(list(PARITY_SENTENCES))
+                trt_parity = compare("tensorrt", trt_engine.run_engine(result.path, ids, mask), reference)
+                report.say(str(trt_parity))
+                if not trt_parity.ok:
+                    raise RuntimeError(str(trt_parity))
+
+    write_repository_entry(spec, model_root, target, opts)
+    report.say(f"wrote Triton {target} entry {model_root}/config.pbtxt")
+    stamp_path.write_text(json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True))
+    return report
+
+
+def write_repository_entry(spec: ModelSpec, model_root: Path, target: str, opts: CpuOptions) -> None:
+    version_dir = model_root / spec.version
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if target == "cpu":
+        (model_root / "config.pbtxt").write_text(cpu_config(spec, opts))
+        shutil.copyfile(Path(__file__).with_name("python_model.py"), version_dir / "model.py")
+        shutil.rmtree(model_root / "configs", ignore_errors=True)
+    else:
+        (model_root / "config.pbtxt").write_text(gpu_config(spec, "tensorrt"))
+        (model_root / "configs").mkdir(exist_ok=True)
+        (model_root / "configs" / "onnxruntime.pbtxt").write_text(gpu_config(spec, "onnxruntime"))
+        (version_dir / "model.py").unlink(missing_ok=True)

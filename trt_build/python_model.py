@@ -1,0 +1,100 @@
+"""Triton python-backend model: ONNX Runtime on CPU behind the same I/O as the GPU engines.
+
+Copied into the repository as `<model>/<version>/model.py`. It imports only numpy, onnxruntime and the
+backend's own utilities (the stub runs it in its own process). All requests of one `execute` call are
+merged into one set of rows, sorted by true length and run in padded chunks: padding, not the model,
+decides CPU throughput, and requests from different gateway processes arrive with different lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+MAX_ROWS_PER_RUN = 64
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
+        self.session = ort.InferenceSession(
+            os.path.join(version_dir, params.get("onnx_file", "model.onnx")),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_name = config["output"][0]["name"]
+        self.is_text = self.input_names[0] == "input_ids"
+        self.max_tokens = int(params.get("max_batch_tokens", "8192"))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], feeds)[0]
+
+    def _text(self, arrays: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Merge ragged requests, sort rows by length, run in chunks under the token budget."""
+        total = sum(ids.shape[0] for ids, _ in arrays)
+        width = max(ids.shape[1] for ids, _ in arrays)
+        ids_all = np.zeros((total, width), dtype=np.int64)
+        mask_all = np.zeros((total, width), dtype=np.int64)
+        row = 0
+        for ids, mask in arrays:
+            n, length = ids.shape
+            ids_all[row : row + n, :length] = ids
+            mask_all[row : row + n, :length] = mask
+            row += n
+        lengths = mask_all.sum(axis=1)
+        order = np.argsort(-lengths, kind="stable")
+        out: np.ndarray | None = None
+        start = 0
+        while start < total:
+            longest = max(int(lengths[order[start]]), 1)
+            rows = max(1, min(MAX_ROWS_PER_RUN, self.max_tokens // longest, total - start))
+            idx = order[start : start + rows]
+            emb = self._run({"input_ids": ids_all[idx, :longest], "attention_mask": mask_all[idx, :longest]})
+            if out is None:
+                out = np.empty((total, emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+            start += rows
+        assert out is not None
+        return out
+
+    def _images(self, arrays: list[np.ndarray]) -> np.ndarray:
+        pixels = np.concatenate(arrays, axis=0)
+        chunks = [self._run({self.input_names[0]: pixels[i : i + 32]}) for i in range(0, len(pixels), 32)]
+        return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+
+    def execute(self, requests: list) -> list:
+        arrays: list = []
+        sizes: list[int] = []
+        errors: dict[int, str] = {}
+        for i, request in enumerate(requests):
+            tensors = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names]
+            if self.is_text and tensors[0].shape != tensors[1].shape:
+                errors[i] = f"input_ids {tensors[0].shape} and attention_mask {tensors[1].shape} differ"
+                sizes.append(0)
+                continue
+            arrays.append(tuple(tensors) if self.is_text else tensors[0])
+            sizes.append(tensors[0].shape[0])
+        merged = (self._text(arrays) if self.is_text else self._images(arrays)) if arrays else None
+        responses = []
+        offset = 0
+        for i, n in enumerate(sizes):
+            if i in errors:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i])))
+                continue
+            assert merged is not None
+            tensor = pb_utils.Tensor(self.output_name, merged[offset : offset + n])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            offset += n
+        return responses
