@@ -1,1 +1,1 @@
-"""Core of embedfleet: configuration, registry, embedding pipeline, storage, jobs. Imports no web framework."""
+"""Core of embedfleet: config, registry, embedding pipeline, storage, jobs. Imports no web framework."""

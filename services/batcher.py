@@ -103,8 +103,10 @@ class Batcher:
         queue = self.queues[lane]
         if len(queue) + len(rows) > self.max_queue:
             metrics.REJECTED.labels("queue_full").inc()
-            raise Overloaded(f"{self.model}: {lane} queue is full ({len(queue)} inputs waiting)",
-                             retry_after=self.retry_after_s)
+            raise Overloaded(
+                f"{self.model}: {lane} queue is full ({len(queue)} inputs waiting)",
+                retry_after=self.retry_after_s,
+            )
         self._ensure_running()
         job = _Job(len(rows), asyncio.get_running_loop().create_future(), remaining=len(rows))
         now = time.perf_counter()
@@ -191,7 +193,9 @@ class Batcher:
         batch: list[_Row] = []
         for row in window_sorted:
             longest = batch[0].cost if batch else row.cost
-            if batch and (len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens):
+            if batch and (
+                len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens
+            ):
                 break
             batch.append(row)
         taken = {id(r) for r in batch}
@@ -228,8 +232,8 @@ def pad_tokens(rows: list[np.ndarray], left: bool = False) -> tuple[np.ndarray, 
     mask = np.zeros((len(rows), longest), dtype=np.int64)
     for i, r in enumerate(rows):
         if left:
-            ids[i, longest - len(r):] = r
-            mask[i, longest - len(r):] = 1
+            ids[i, longest - len(r) :] = r
+            mask[i, longest - len(r) :] = 1
         else:
             ids[i, : len(r)] = r
             mask[i, : len(r)] = 1

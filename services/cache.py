@@ -7,6 +7,7 @@ and Redis is skipped for a short cool-down so a dead server does not add a timeo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -122,10 +123,8 @@ class RedisCache:
             self._failed()
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             await self._redis.aclose()
-        except Exception:
-            pass
 
 
 def make_cache(settings: Settings) -> EmbeddingCache:

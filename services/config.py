@@ -7,11 +7,12 @@ callers build a `Settings` with `get_settings()` and pass it down explicitly.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,12 +30,13 @@ class Settings(BaseSettings):
     # --- models and Triton ---------------------------------------------------------------------
     registry_path: Path = Field(PACKAGE_ROOT / "services" / "registry" / "models.yaml")
     model_repository: Path = Field(PACKAGE_ROOT / "model_repository")
-    models: list[str] = Field(
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["all-minilm-l6-v2"], description="models the gateway serves"
     )
     triton_url: str | None = Field(
         None, description="host:port of an external Triton gRPC endpoint; unset = start a local one"
     )
+    triton_bind_address: str = Field("127.0.0.1", description="address a local tritonserver listens on")
     triton_http_port: int = 0
     triton_grpc_port: int = 0
     triton_metrics_port: int = 0
@@ -58,8 +60,9 @@ class Settings(BaseSettings):
     max_chars_per_input: int = 100_000
 
     # --- auth ----------------------------------------------------------------------------------
-    api_keys: dict[str, str] = Field(
-        default_factory=dict, description="api key -> tenant id (JSON in the environment)"
+    api_keys: dict[str, str | dict[str, str | float]] = Field(
+        default_factory=dict,
+        description="api key -> tenant id, or -> {tenant, rate, burst} (JSON in the environment)",
     )
     api_keys_file: Path | None = Field(None, description="YAML/JSON file of {key: tenant|{tenant, rate...}}")
     rate_limit_rps: float = Field(50.0, gt=0, description="default per-key requests/s (token bucket)")
@@ -78,17 +81,20 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker; unset = jobs run in-process")
     async_threshold: int = Field(256, ge=1, description="documents per request above which indexing is a job")
     job_chunk_size: int = Field(64, ge=1)
+    worker_metrics_port: int = Field(9100, description="where `embedfleet worker` serves /metrics")
 
     # --- media ---------------------------------------------------------------------------------
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    allowed_image_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+    allowed_image_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP"]
+    )
     max_video_bytes: int = 64 * 1024 * 1024
     max_video_seconds: float = 600.0
     max_video_pixels: int = 1920 * 1080
     video_decode_timeout_s: float = 20.0
     fetch_enabled: bool = False
-    fetch_allowed_hosts: list[str] = Field(default_factory=list)
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_timeout_s: float = 5.0
     media_workers: int = Field(2, ge=1, description="threads for decode/resize off the event loop")
 
@@ -96,7 +102,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, v: object) -> object:
         """Accept `a,b,c` from the environment as well as JSON lists."""
-        if isinstance(v, str) and not v.lstrip().startswith("["):
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 

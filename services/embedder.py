@@ -15,7 +15,7 @@ from services.batcher import Batcher, pad_tokens
 from services.cache import EmbeddingCache, cache_key, lookup
 from services.config import Settings
 from services.encoders.base import Encoder
-from services.errors import InvalidInput, NotFound
+from services.errors import InvalidInput, NotFound, PayloadTooLarge
 from services.registry import Kind, ModelSpec, Registry, Side
 from services.templates import Template, resolve
 from services.tokenizer import TextTokenizer, Truncate
@@ -32,27 +32,19 @@ class Embedded:
 
 
 class Embedder:
-    def __init__(self, settings: Settings, registry: Registry, encoder: Encoder, cache: EmbeddingCache) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, encoder: Encoder, cache: EmbeddingCache
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.encoder = encoder
         self.cache = cache
         self._tokenizers: dict[str, TextTokenizer] = {}
         self._batchers: dict[str, Batcher] = {}
-        self.served = self._served_models()
-
-    def _served_models(self) -> set[str]:
-        """Models named in settings plus the towers they need."""
-        names: set[str] = set()
-        for name in self.settings.models:
-            spec = self.registry.get(name, field="models")
-            names.add(name)
-            names.update(spec.towers.values())
-        return names
+        self.served = registry.served(settings.models)
 
     def triton_models(self) -> list[str]:
-        """What Triton must load: every served model except dual-towers (their towers are loaded)."""
-        return sorted(n for n in self.served if self.registry.get(n).kind is not Kind.dual_tower)
+        return self.registry.triton_models(self.settings.models)
 
     def spec(self, model: str, field: str = "model") -> ModelSpec:
         if model not in self.served:
@@ -71,8 +63,10 @@ class Embedder:
         if b is None:
             s = self.settings
             if spec.kind is Kind.image_encoder:
+
                 async def run(rows: list[np.ndarray]) -> np.ndarray:
                     return await self.encoder.embed_pixels(spec.triton_name, np.stack(rows))
+
                 cost, tokens = (lambda _row: 1), spec.batching.max_batch_size
             else:
                 left = spec.padding_side == "left"
@@ -80,13 +74,18 @@ class Embedder:
                 async def run(rows: list[np.ndarray]) -> np.ndarray:
                     ids, mask = pad_tokens(rows, left=left)
                     return await self.encoder.embed_tokens(spec.triton_name, ids, mask)
+
                 cost, tokens = len, min(spec.batching.max_batch_tokens, s.max_batch_tokens)
             b = self._batchers[spec.name] = Batcher(
-                spec.name, run,
+                spec.name,
+                run,
                 max_batch_tokens=tokens,
                 max_batch_size=min(spec.batching.max_batch_size, s.max_batch_size),
-                max_wait_ms=s.max_wait_ms, max_queue=s.max_queue_inputs, inflight=s.inflight_batches,
-                retry_after_s=s.retry_after_s, cost=cost,
+                max_wait_ms=s.max_wait_ms,
+                max_queue=s.max_queue_inputs,
+                inflight=s.inflight_batches,
+                retry_after_s=s.retry_after_s,
+                cost=cost,
             )
         return b
 
@@ -99,12 +98,29 @@ class Embedder:
             raise InvalidInput(f"model {model} embeds images only", field="model")
         return spec
 
+    def check_payload(self, count: int, texts: list[str] | None, field: str) -> None:
+        """Per-request limits (the body-size limit is enforced by the HTTP layer before parsing)."""
+        s = self.settings
+        if count == 0:
+            raise InvalidInput("at least one input is required", field=field)
+        if count > s.max_inputs_per_request:
+            raise PayloadTooLarge(
+                f"{count} inputs, over the limit of {s.max_inputs_per_request} per request", field=field
+            )
+        for i, t in enumerate(texts or ()):
+            if len(t) > s.max_chars_per_input:
+                raise PayloadTooLarge(
+                    f"input has {len(t)} characters, over the limit of {s.max_chars_per_input}",
+                    field=f"{field}[{i}]",
+                )
+
     @staticmethod
     def check_dimensions(spec: ModelSpec, dimensions: int | None) -> None:
         if dimensions is not None and not spec.allows_dimensions(dimensions):
             allowed = sorted({spec.dimension, *spec.matryoshka_dims})
-            raise InvalidInput(f"model {spec.name} supports dimensions {allowed}, not {dimensions}",
-                               field="dimensions")
+            raise InvalidInput(
+                f"model {spec.name} supports dimensions {allowed}, not {dimensions}", field="dimensions"
+            )
 
     async def embed_texts(
         self,
@@ -130,7 +146,9 @@ class Embedder:
         template: Template | None = None
         if token_ids is not None:
             tokenized = tok.from_ids(token_ids, truncate, field)
-            keys = [cache_key(spec.ref, "ids:" + ",".join(map(str, t)), dimensions, norm) for t in tokenized.ids]
+            keys = [
+                cache_key(spec.ref, "ids:" + ",".join(map(str, t)), dimensions, norm) for t in tokenized.ids
+            ]
         else:
             assert texts is not None
             if apply_template or instruction is not None:

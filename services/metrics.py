@@ -29,10 +29,14 @@ REJECTED = Counter(
 )
 QUEUE_DEPTH = Gauge("embedfleet_queue_depth", "Inputs waiting in the batcher", ["model", "lane"])
 QUEUE_TIME = Histogram(
-    "embedfleet_queue_wait_seconds", "Time an input waits before its batch is sent", ["model"],
+    "embedfleet_queue_wait_seconds",
+    "Time an input waits before its batch is sent",
+    ["model"],
     buckets=LATENCY_BUCKETS,
 )
-BATCH_SIZE = Histogram("embedfleet_batch_size", "Inputs per batch sent to Triton", ["model"], buckets=SIZE_BUCKETS)
+BATCH_SIZE = Histogram(
+    "embedfleet_batch_size", "Inputs per batch sent to Triton", ["model"], buckets=SIZE_BUCKETS
+)
 BATCH_TOKENS = Histogram(
     "embedfleet_batch_tokens", "Padded tokens per batch sent to Triton", ["model"], buckets=TOKEN_BUCKETS
 )
@@ -45,6 +49,7 @@ TRITON_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 CACHE = Counter("embedfleet_cache_requests_total", "Embedding cache lookups", ["backend", "result"])
-CACHE_ERRORS = Counter("embedfleet_cache_errors_total", "Cache backend failures (served without cache)",
-                       ["backend"])
+CACHE_ERRORS = Counter(
+    "embedfleet_cache_errors_total", "Cache backend failures (served without cache)", ["backend"]
+)
 ENCODER_UP = Gauge("embedfleet_encoder_up", "1 when the model answered its last readiness check", ["model"])

@@ -14,7 +14,12 @@ from services.errors import InvalidInput
 from services.registry import ModelSpec, Side
 
 SLOT = re.compile(r"\{(text|image|video)\}")
-SIDE_ALIASES = {"query": Side.query, "passage": Side.document, "document": Side.document, "doc": Side.document}
+SIDE_ALIASES = {
+    "query": Side.query,
+    "passage": Side.document,
+    "document": Side.document,
+    "doc": Side.document,
+}
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,9 @@ class Template:
         return SLOT.sub(lambda m: values[m.group(1)], self.template)
 
 
-def resolve(spec: ModelSpec, task: str | None, default_side: Side = Side.query,
-            instruction: str | None = None) -> Template:
+def resolve(
+    spec: ModelSpec, task: str | None, default_side: Side = Side.query, instruction: str | None = None
+) -> Template:
     """`task` is a family (`retrieval`) or family.side (`retrieval.query`, `retrieval.passage`).
 
     A caller's `instruction` wins: with a `{text}` slot it is the whole template, otherwise a verbatim

@@ -60,11 +60,15 @@ class TextTokenizer:
                 if len(arr) > self.max_length:
                     raise PayloadTooLarge(
                         f"input {i} has {len(arr)} tokens, over the model's {self.max_length}; "
-                        "send truncate='end' or 'start' to cut it", field=f"{field}[{i}]")
+                        "send truncate='end' or 'start' to cut it",
+                        field=f"{field}[{i}]",
+                    )
             return Tokenized(ids, [False] * len(ids))
         return Tokenized(ids, [bool(e.overflowing) for e in encodings])
 
-    def from_ids(self, token_lists: list[list[int]], truncate: Truncate = "end", field: str = "input") -> Tokenized:
+    def from_ids(
+        self, token_lists: list[list[int]], truncate: Truncate = "end", field: str = "input"
+    ) -> Tokenized:
         """Token-id inputs (OpenAI's list-of-ints form) are ids of *this* model's vocabulary, taken as they
         are: special tokens included by the caller (as vLLM does)."""
         out: list[np.ndarray] = []
@@ -72,11 +76,14 @@ class TextTokenizer:
         for i, toks in enumerate(token_lists):
             arr = np.asarray(toks, dtype=np.int64)
             if arr.ndim != 1 or (arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size)):
-                raise InvalidInput(f"token ids must be integers in [0, {self.vocab_size})", field=f"{field}[{i}]")
+                raise InvalidInput(
+                    f"token ids must be integers in [0, {self.vocab_size})", field=f"{field}[{i}]"
+                )
             if len(arr) > self.max_length:
                 if truncate == "none":
-                    raise PayloadTooLarge(f"input {i} has {len(arr)} tokens, over {self.max_length}",
-                                          field=f"{field}[{i}]")
+                    raise PayloadTooLarge(
+                        f"input {i} has {len(arr)} tokens, over {self.max_length}", field=f"{field}[{i}]"
+                    )
                 arr = arr[: self.max_length] if truncate == "end" else arr[-self.max_length :]
                 truncated.append(True)
             else:

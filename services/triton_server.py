@@ -55,11 +55,14 @@ class TritonLayout:
         return layout
 
     def backend_dir(self, dest: Path) -> Path:
-        """A --backend-directory whose python/ holds the backend library, utils and the stub for our Python."""
+        """A --backend-directory whose python/ holds the backend library, utils and our Python's stub."""
         py = dest / "python"
         py.mkdir(parents=True, exist_ok=True)
-        for src in (self.backend_files / "libtriton_python.so", self.backend_files / "triton_python_backend_utils.py",
-                    self.stub):
+        for src in (
+            self.backend_files / "libtriton_python.so",
+            self.backend_files / "triton_python_backend_utils.py",
+            self.stub,
+        ):
             target = py / src.name
             if not target.exists() or target.stat().st_size != src.stat().st_size:
                 shutil.copy2(src, target)
@@ -84,7 +87,9 @@ class TritonPorts:
 class LocalTriton:
     """A tritonserver child process; `start()` returns once every model is ready, or raises."""
 
-    def __init__(self, settings: Settings, models: list[str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, models: list[str] | None = None, log_path: Path | None = None
+    ) -> None:
         self.settings = settings
         self.models = models
         self.ports = TritonPorts(
@@ -105,9 +110,9 @@ class LocalTriton:
             f"--http-port={self.ports.http}",
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
+            f"--http-address={self.settings.triton_bind_address}",
+            f"--grpc-address={self.settings.triton_bind_address}",
+            f"--metrics-address={self.settings.triton_bind_address}",
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=5",
             "--log-verbose=0",
@@ -129,8 +134,13 @@ class LocalTriton:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         started = time.perf_counter()
-        self.proc = subprocess.Popen(self.command(backend_dir), env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(backend_dir),
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             self.wait_ready(self.settings.triton_startup_timeout_s)
         except Exception:
@@ -150,12 +160,15 @@ class LocalTriton:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}; log: {self.log_path}\n"
-                                   f"{self.tail()}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.proc.returncode}; log: {self.log_path}\n{self.tail()}"
+                )
             if self.ready():
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s; log: {self.log_path}\n{self.tail()}")
+        raise TimeoutError(
+            f"tritonserver not ready after {timeout:.0f}s; log: {self.log_path}\n{self.tail()}"
+        )
 
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

@@ -22,7 +22,9 @@ from trt_build.parity import PARITY_SENTENCES, ParityReport, compare, reference_
 from trt_build.profiles import text_profile, trtexec_shapes
 from trt_build.triton_config import TEXT_INPUTS, CpuOptions, cpu_config, gpu_config
 
-BUILD_CODE = [Path(__file__).with_name(n) for n in ("build.py", "export.py", "python_model.py", "triton_config.py")]
+BUILD_CODE = [
+    Path(__file__).with_name(n) for n in ("build.py", "export.py", "python_model.py", "triton_config.py")
+]
 STAMP = ".build.json"
 
 
@@ -91,7 +93,9 @@ def text_parity(spec: ModelSpec, model_dir: Path, onnx_path: Path) -> ParityRepo
     return compare("onnxruntime", ort_run(onnx_path)(ids, mask), reference)
 
 
-def build(registry: Registry, name: str, settings: Settings, target: str = "cpu", force: bool = False) -> BuildReport:
+def build(
+    registry: Registry, name: str, settings: Settings, target: str = "cpu", force: bool = False
+) -> BuildReport:
     spec = registry.get(name)
     report = BuildReport(spec.name, target)
     if spec.kind is Kind.dual_tower:
@@ -109,11 +113,11 @@ def build(registry: Registry, name: str, settings: Settings, target: str = "cpu"
     )
     digest = _digest([model_dir, *BUILD_CODE], stamp_inputs)
     stamp_path = model_root / STAMP
-    if not force and stamp_path.exists() and onnx_path.exists():
-        if json.loads(stamp_path.read_text()).get("digest") == digest:
-            report.up_to_date = True
-            report.say(f"up to date ({stamp_path}); nothing to do")
-            return report
+    fresh = stamp_path.exists() and onnx_path.exists()
+    if not force and fresh and json.loads(stamp_path.read_text()).get("digest") == digest:
+        report.up_to_date = True
+        report.say(f"up to date ({stamp_path}); nothing to do")
+        return report
 
     version_dir.mkdir(parents=True, exist_ok=True)
     if spec.kind is Kind.image_encoder:
@@ -126,7 +130,9 @@ def build(registry: Registry, name: str, settings: Settings, target: str = "cpu"
         started = time.perf_counter()
         figures = export_onnx(spec, model_dir, onnx_path)
         report.figures.update(figures)
-        report.say(f"exported ONNX {onnx_path} ({figures['onnx_mb']:.1f} MB) in {time.perf_counter() - started:.1f}s")
+        report.say(
+            f"exported ONNX {onnx_path} ({figures['onnx_mb']:.1f} MB) in {time.perf_counter() - started:.1f}s"
+        )
         parity = text_parity(spec, model_dir, onnx_path)
         report.figures["parity_onnx"] = {"max_abs_diff": parity.max_abs_diff, "min_cosine": parity.min_cosine}
         report.say(str(parity))
@@ -136,7 +142,9 @@ def build(registry: Registry, name: str, settings: Settings, target: str = "cpu"
         report.figures["trt_profile"] = profile.as_dict()
         report.say(f"TensorRT profile {profile.as_dict()} ({' '.join(trtexec_shapes(profile, TEXT_INPUTS))})")
         if target == "gpu":
-            result = trt_engine.build_engine(onnx_path, repo / spec.engines.get("tensorrt", ""), profile, TEXT_INPUTS)
+            result = trt_engine.build_engine(
+                onnx_path, repo / spec.engines.get("tensorrt", ""), profile, TEXT_INPUTS
+            )
             report.say(f"TensorRT engine: {result.reason}")
             if result.built and result.path is not None:
                 reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)

@@ -27,11 +27,20 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, inputs: tuple[str, ...],
-                 fp16: bool = True, workspace_gb: float = 4.0) -> EngineResult:
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    profile: Profile,
+    inputs: tuple[str, ...],
+    fp16: bool = True,
+    workspace_gb: float = 4.0,
+) -> EngineResult:
     if not tensorrt_available():
-        return EngineResult(False, "tensorrt is not importable on this machine; engine build skipped "
-                                   "(build on a GPU node with TensorRT, e.g. the NGC tritonserver image)")
+        return EngineResult(
+            False,
+            "tensorrt is not importable on this machine; engine build skipped "
+            "(build on a GPU node with TensorRT, e.g. the NGC tritonserver image)",
+        )
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)

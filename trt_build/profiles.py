@@ -28,7 +28,9 @@ def text_profile(spec: ModelSpec) -> Profile:
     max_seq = spec.max_seq_length
     opt_seq = min(b.opt_seq_len, max_seq)
     opt_batch = min(b.opt_batch_size, b.max_batch_size)
-    return Profile(min=(1, min(b.min_seq_len, max_seq)), opt=(opt_batch, opt_seq), max=(b.max_batch_size, max_seq))
+    return Profile(
+        min=(1, min(b.min_seq_len, max_seq)), opt=(opt_batch, opt_seq), max=(b.max_batch_size, max_seq)
+    )
 
 
 def trtexec_shapes(profile: Profile, inputs: tuple[str, ...]) -> list[str]:

@@ -91,7 +91,9 @@ class TritonPythonModel:
         offset = 0
         for i, n in enumerate(sizes):
             if i in errors:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i])))
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(errors[i]))
+                )
                 continue
             assert merged is not None
             tensor = pb_utils.Tensor(self.output_name, merged[offset : offset + n])

@@ -31,16 +31,20 @@ def _io_block(spec: ModelSpec, ragged: bool) -> str:
     lines = ["input ["]
     if spec.kind.value == "image-encoder":
         size = spec.image.size if spec.image else 224
-        entries = [f'  {{\n    name: "{IMAGE_INPUT}"\n    data_type: TYPE_FP32\n    dims: [ 3, {size}, {size} ]\n  }}']
+        dims = f"dims: [ 3, {size}, {size} ]"
+        entries = [f'  {{\n    name: "{IMAGE_INPUT}"\n    data_type: TYPE_FP32\n    {dims}\n  }}']
     else:
         extra = "\n    allow_ragged_batch: true" if ragged else ""
         entries = [
-            f'  {{\n    name: "{name}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]{extra}\n  }}' for name in TEXT_INPUTS
+            f'  {{\n    name: "{name}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]{extra}\n  }}'
+            for name in TEXT_INPUTS
         ]
     lines.append(",\n".join(entries))
     lines.append("]")
     lines.append("output [")
-    lines.append(f'  {{\n    name: "{OUTPUT}"\n    data_type: TYPE_FP32\n    dims: [ {spec.dimension} ]\n  }}')
+    lines.append(
+        f'  {{\n    name: "{OUTPUT}"\n    data_type: TYPE_FP32\n    dims: [ {spec.dimension} ]\n  }}'
+    )
     lines.append("]")
     return "\n".join(lines)
 
@@ -72,9 +76,9 @@ def cpu_config(spec: ModelSpec, opts: CpuOptions) -> str:
 
 def gpu_config(spec: ModelSpec, engine: str = "tensorrt") -> str:
     """`tensorrt` (config.pbtxt) or `onnxruntime` (configs/onnxruntime.pbtxt): same I/O, same batching."""
-    platform, filename, accel = {
-        "tensorrt": ("tensorrt_plan", "model.plan", ""),
-        "onnxruntime": ("onnxruntime_onnx", "model.onnx", ""),
+    platform, filename = {
+        "tensorrt": ("tensorrt_plan", "model.plan"),
+        "onnxruntime": ("onnxruntime_onnx", "model.onnx"),
     }[engine]
     parts = [
         f'name: "{spec.triton_name}"',
@@ -89,6 +93,4 @@ def gpu_config(spec: ModelSpec, engine: str = "tensorrt") -> str:
         "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]",
         _param("registry_version", spec.version),
     ]
-    if accel:
-        parts.append(accel)
     return "\n".join(parts) + "\n"

@@ -7,6 +7,7 @@ client is rebuilt on the next call, so no gateway restart is ever needed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -49,28 +50,32 @@ class TritonEncoder:
     async def _reset(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken channel may fail to close; dropped either way
                 await client.close()
-            except Exception:  # a broken channel may fail to close; it is dropped either way
-                pass
 
     def _classify(self, model: str, exc: Exception) -> EmbedfleetError:
         status = str(getattr(exc, "status", lambda: "")() or "")
         text = str(exc)
         if isinstance(exc, InferenceServerException) and not any(s in status for s in UNAVAILABLE_STATUSES):
             if "not found" in text or "unknown model" in text or "not ready" in text or "unavailable" in text:
-                return EncoderUnavailable(f"model {model} is not ready in Triton", retry_after=self.retry_after_s)
+                return EncoderUnavailable(
+                    f"model {model} is not ready in Triton", retry_after=self.retry_after_s
+                )
             if "INVALID_ARG" in status:
                 return InvalidInput(f"Triton rejected the batch for {model}: {text}")
             return EmbedfleetError(f"Triton error for {model}: {text}")
-        return EncoderUnavailable(f"Triton at {self.url} is unreachable ({status or type(exc).__name__})",
-                                  retry_after=self.retry_after_s)
+        return EncoderUnavailable(
+            f"Triton at {self.url} is unreachable ({status or type(exc).__name__})",
+            retry_after=self.retry_after_s,
+        )
 
     async def _infer(self, model: str, inputs: list[grpcclient.InferInput]) -> np.ndarray:
         started = time.perf_counter()
         try:
             result = await self.client.infer(
-                model, inputs, outputs=[grpcclient.InferRequestedOutput("embeddings")],
+                model,
+                inputs,
+                outputs=[grpcclient.InferRequestedOutput("embeddings")],
                 client_timeout=self.timeout_s,
             )
         except Exception as exc:  # grpc raises InferenceServerException, OSError or grpc errors
@@ -86,12 +91,15 @@ class TritonEncoder:
         return out
 
     async def embed_tokens(self, model: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return await self._infer(model, [_input("input_ids", input_ids, "INT64"),
-                                         _input("attention_mask", attention_mask, "INT64")])
+        return await self._infer(
+            model,
+            [_input("input_ids", input_ids, "INT64"), _input("attention_mask", attention_mask, "INT64")],
+        )
 
     async def embed_pixels(self, model: str, pixel_values: np.ndarray) -> np.ndarray:
-        return await self._infer(model, [_input("pixel_values", pixel_values.astype(np.float32, copy=False),
-                                                "FP32")])
+        return await self._infer(
+            model, [_input("pixel_values", pixel_values.astype(np.float32, copy=False), "FP32")]
+        )
 
     async def is_ready(self, model: str) -> bool:
         try:

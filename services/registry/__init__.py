@@ -55,7 +55,12 @@ class Source(_Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> Source:
-        need = {"python-package": "package", "split-zip": "packages", "path": "path", "random-init": "architecture"}
+        need = {
+            "python-package": "package",
+            "split-zip": "packages",
+            "path": "path",
+            "random-init": "architecture",
+        }
         if not getattr(self, need[self.type]):
             raise ValueError(f"source type {self.type!r} needs {need[self.type]!r}")
         return self
@@ -122,13 +127,15 @@ class ModelSpec(_Strict):
     video_placeholder: str | None = None
     fusion: Fusion | None = None
     towers: dict[Literal["text", "image"], str] = Field(default_factory=dict)  # dual-tower: model names
-    serve: bool = True
+    triton_model: str | None = None  # serve through another entry's engine (e.g. a new template version)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not v.replace("-", "").replace("_", "").replace(".", "").isalnum() or v != v.lower():
-            raise ValueError("model names are lowercase letters, digits, '-', '_' and '.' (Triton model names)")
+            raise ValueError(
+                "model names are lowercase letters, digits, '-', '_' and '.' (Triton model names)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -153,7 +160,7 @@ class ModelSpec(_Strict):
 
     @property
     def triton_name(self) -> str:
-        return self.name
+        return self.triton_model or self.name
 
     def allows_dimensions(self, dims: int) -> bool:
         return dims == self.dimension or dims in self.matryoshka_dims
@@ -194,11 +201,26 @@ class Registry(BaseModel):
             for tower in m.towers.values():
                 if tower not in names:
                     raise ValueError(f"model {m.name!r} names unknown tower {tower!r}")
+            if m.triton_model is not None and m.triton_model not in names:
+                raise ValueError(f"model {m.name!r} names unknown triton_model {m.triton_model!r}")
         return self
 
     @cached_property
     def by_name(self) -> dict[str, ModelSpec]:
         return {m.name: m for m in self.models}
+
+    def served(self, names: list[str]) -> set[str]:
+        """`names` plus the towers they need (a dual-tower model is served by its towers)."""
+        out: set[str] = set()
+        for name in names:
+            out.add(name)
+            out.update(self.get(name, field="models").towers.values())
+        return out
+
+    def triton_models(self, names: list[str]) -> list[str]:
+        """What Triton must load (and the build must produce) for `names`: the engines behind them."""
+        specs = (self.by_name[n] for n in self.served(names))
+        return sorted({s.triton_name for s in specs if s.kind is not Kind.dual_tower})
 
     def get(self, name: str, *, field: str = "model") -> ModelSpec:
         try:
@@ -213,7 +235,9 @@ def _merge_presets(raw: dict, presets: dict[str, dict]) -> dict:
         if preset is None:
             continue
         if preset not in presets:
-            raise ConfigError(f"{m.get('name')}: unknown template preset {preset!r} (known: {sorted(presets)})")
+            raise ConfigError(
+                f"{m.get('name')}: unknown template preset {preset!r} (known: {sorted(presets)})"
+            )
         m["templates"] = {**presets[preset]["templates"], **(m.get("templates") or {})}
     return raw
 
@@ -241,7 +265,9 @@ def load_registry(path: Path | str = DEFAULT_REGISTRY) -> Registry:
             where = ""
             if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
                 models = raw["models"]
-                name = models[loc[1]].get("name", f"#{loc[1]}") if isinstance(models[loc[1]], dict) else loc[1]
+                name = (
+                    models[loc[1]].get("name", f"#{loc[1]}") if isinstance(models[loc[1]], dict) else loc[1]
+                )
                 where = f"model {name!r}"
                 loc = loc[2:]
             field = ".".join(str(p) for p in loc) or "(model)"

@@ -1,0 +1,71 @@
+"""OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models`."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.deps import FleetDep, TenantDep, until_disconnect
+from gateway.schemas.openai import EmbeddingsRequest
+from services.vectors import to_base64
+
+router = APIRouter(tags=["openai"])
+JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=JSON_OPTS), status_code=status, media_type="application/json")
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(
+    body: EmbeddingsRequest, request: Request, fleet: FleetDep, _tenant: TenantDep
+) -> Response:
+    request.state.model = body.model
+    texts: list[str] | None = None
+    ids: list[list[int]] | None = None
+    raw = body.input
+    if isinstance(raw, str):
+        texts = [raw]
+    elif raw and isinstance(raw[0], int):
+        ids = [list(raw)]  # type: ignore[arg-type]
+    elif raw and isinstance(raw[0], list):
+        ids = raw  # type: ignore[assignment]
+    else:
+        texts = raw  # type: ignore[assignment]
+    fleet.embedder.check_payload(len(texts if texts is not None else ids or []), texts, "input")
+    result = await until_disconnect(
+        request,
+        fleet.embedder.embed_texts(
+            body.model,
+            texts,
+            ids,
+            task=body.task,
+            apply_template=body.task is not None,
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+        ),
+    )
+    encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
+    tokens = sum(result.tokens)
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": encode(v)}
+                for i, v in enumerate(result.vectors)
+            ],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+@router.get("/v1/models")
+async def list_models(fleet: FleetDep, _tenant: TenantDep) -> Response:
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "embedfleet"}
+        for name in sorted(fleet.settings.models)
+    ]
+    return json_response({"object": "list", "data": data})

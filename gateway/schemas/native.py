@@ -1,0 +1,34 @@
+"""Native `/v1/embed` request shape: multimodal items, task templates, truncation control."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class InputItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = Field(None, description="base64, data URI, or an allowed http(s) URL")
+    video: str | None = Field(None, description="base64, data URI, or an allowed http(s) URL")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> InputItem:
+        if self.text is None and self.image is None and self.video is None:
+            raise ValueError("an input needs at least one of text, image, video")
+        return self
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    task: str | None = Field(None, description="template family or family.side, e.g. retrieval.query")
+    instruction: str | None = Field(None, description="overrides the task template ({text} slot or a prefix)")
+    inputs: list[InputItem] = Field(min_length=1)
+    normalize: bool | None = None
+    dimensions: int | None = Field(None, ge=1)
+    truncate: Literal["end", "start", "none"] = "end"
+    encoding_format: Literal["float", "base64"] = "float"

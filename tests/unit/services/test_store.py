@@ -1,0 +1,440 @@
+"""VectorStore on Qdrant local mode: aliases, deterministic ids, filters, tenancy, migrations, exactness."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from services.config import Settings
+from services.errors import Conflict, EmbedfleetError, InvalidInput, NotFound
+from services.store import (
+    DOC_ID_KEY,
+    TENANT_KEY,
+    PointIn,
+    VectorStore,
+    alias_name,
+    parse_filter,
+    point_id,
+)
+
+DIM = 8
+A, B = "tenant-a", "tenant-b"
+
+
+# local mode warns that payload indexes do nothing there: documented in services/store.py, not news
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+
+
+@pytest.fixture
+def store() -> Iterator[VectorStore]:
+    s = VectorStore(QdrantClient(location=":memory:"))
+    yield s
+    s.close()
+
+
+def _vec(seed: int, dim: int = DIM) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+
+
+def _docs(n: int, dim: int = DIM, offset: int = 0) -> list[PointIn]:
+    return [
+        PointIn(f"doc-{i}", _vec(i, dim), {"n": i, "lang": "en" if i % 2 else "fr"}, {"text": f"text {i}"})
+        for i in range(offset, offset + n)
+    ]
+
+
+@pytest.fixture
+def seeded(store: VectorStore) -> VectorStore:
+    """Tenant A owns `docs` with 10 points."""
+    store.create_collection(A, "docs", "minilm", "1", DIM)
+    store.upsert(A, "docs", _docs(10))
+    return store
+
+
+def _count(store: VectorStore, tenant: str, name: str) -> int:
+    count = store.get_collection(tenant, name).points_count
+    assert count is not None
+    return count
+
+
+# --- collections and aliases -------------------------------------------------------------------
+
+
+def test_alias_resolves_to_the_physical_collection(store: VectorStore) -> None:
+    info = store.create_collection(A, "docs", "minilm", "1", DIM)
+    aliases = {a.alias_name: a.collection_name for a in store.client.get_aliases().aliases}
+    assert aliases[info.alias] == info.physical
+    assert info.alias == alias_name(A, "docs") != alias_name(B, "docs")
+    assert (info.model, info.version, info.dimension, info.distance) == ("minilm", "1", DIM, "cosine")
+    assert info.public()["points_count"] is None and "physical" not in info.public()
+
+
+@pytest.mark.parametrize("name", ["", "Docs", "-docs", "_docs", "a/b", "../x", "a" * 64, "a b", 7])
+def test_bad_collection_names_are_400(store: VectorStore, name: Any) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        store.create_collection(A, name, "minilm", "1", DIM)
+    assert exc.value.field == "name"
+
+
+def test_create_list_get_delete(store: VectorStore) -> None:
+    store.create_collection(A, "b-docs", "minilm", "1", DIM)
+    store.create_collection(A, "a-docs", "minilm", "1", DIM)
+    with pytest.raises(Conflict):
+        store.create_collection(A, "a-docs", "minilm", "1", DIM)
+    assert [c.name for c in store.list_collections(A)] == ["a-docs", "b-docs"]
+    store.upsert(A, "a-docs", _docs(3))
+    assert _count(store, A, "a-docs") == 3
+
+    physical = store.get_collection(A, "a-docs").physical
+    store.delete_collection(A, "a-docs")
+    with pytest.raises(NotFound):
+        store.get_collection(A, "a-docs")
+    assert not store.client.collection_exists(physical)
+    assert alias_name(A, "a-docs") not in {a.alias_name for a in store.client.get_aliases().aliases}
+    assert [c.name for c in store.list_collections(A)] == ["b-docs"]
+    store.create_collection(A, "a-docs", "minilm", "1", DIM)  # the name is free again
+    assert _count(store, A, "a-docs") == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"dimension": 0}, "dimensions"),
+        ({"distance": "hamming"}, "distance"),
+        ({"quantization": "pq"}, "quantization"),
+        ({"model": ""}, "model"),
+    ],
+)
+def test_bad_collection_options_are_400(store: VectorStore, kwargs: dict[str, Any], field: str) -> None:
+    args: dict[str, Any] = {"model": "minilm", "version": "1", "dimension": DIM, **kwargs}
+    with pytest.raises(InvalidInput) as exc:
+        store.create_collection(A, "docs", **args)
+    assert exc.value.field == field
+    assert store.list_collections(A) == []
+
+
+@pytest.mark.parametrize("quantization", ["none", "scalar", "binary"])
+def test_quantization_and_on_disk_are_accepted(store: VectorStore, quantization: Any) -> None:
+    info = store.create_collection(A, "q", "minilm", "1", DIM, "dot", on_disk=True, quantization=quantization)
+    assert info.public()["quantization"] == quantization and info.current.on_disk
+    store.upsert(A, "q", _docs(5))
+    assert len(store.search(A, "q", _vec(1), top_k=3)) == 3
+
+
+def test_metadata_survives_a_restart_in_local_path_mode(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    first = VectorStore.from_settings(settings)
+    first.create_collection(A, "docs", "minilm", "1", DIM)
+    first.upsert(A, "docs", _docs(4))
+    first.ensure_payload_index(A, "docs", "lang", "keyword")
+    first.close()
+    second = VectorStore.from_settings(settings)  # a fresh process: everything it knows is in Qdrant
+    info = second.get_collection(A, "docs")
+    assert info.points_count == 4 and info.indexes == {"lang": "keyword"}
+    second.close()
+
+
+def test_local_path_mode_serves_a_thread_pool(tmp_path: Path) -> None:
+    """The gateway calls the store from worker threads; local mode's sqlite must not refuse them."""
+    store = VectorStore.from_settings(Settings(data_dir=tmp_path))
+    store.create_collection(A, "docs", "minilm", "1", DIM)
+
+    def work(i: int) -> int:
+        store.upsert(A, "docs", _docs(5, offset=5 * i))
+        return len(store.search(A, "docs", _vec(i), top_k=3))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(work, range(8))) == [3] * 8
+    assert _count(store, A, "docs") == 40
+    store.close()
+
+
+# --- points ------------------------------------------------------------------------------------
+
+
+def test_upsert_is_idempotent_with_deterministic_ids(seeded: VectorStore) -> None:
+    seeded.upsert(A, "docs", _docs(10))
+    seeded.upsert(A, "docs", [("doc-3", _vec(99), {"n": 333})])  # plain tuples work too
+    assert _count(seeded, A, "docs") == 10
+    [point] = seeded.get_points(A, "docs", ["doc-3"])
+    assert point.payload == {"n": 333} and point.source is None
+    record = seeded.client.retrieve(seeded.get_collection(A, "docs").alias, [point_id(A, "docs", "doc-3")])
+    assert record[0].payload == {"n": 333, TENANT_KEY: A, DOC_ID_KEY: "doc-3"}
+
+
+def test_get_points_returns_payload_source_and_vector(seeded: VectorStore) -> None:
+    points = seeded.get_points(A, "docs", ["doc-2", "missing", "doc-1"], with_vectors=True)
+    assert [p.id for p in points] == ["doc-2", "doc-1"]
+    assert points[0].payload == {"n": 2, "lang": "fr"} and points[0].source == {"text": "text 2"}
+    v = _vec(2)
+    assert points[0].vector is not None
+    np.testing.assert_allclose(points[0].vector, v / np.linalg.norm(v), atol=1e-6)  # cosine: stored unit
+
+
+@pytest.mark.parametrize(
+    ("point", "field"),
+    [
+        (("d", [0.0] * (DIM - 1), {}), "vector"),
+        (("d", [float("nan")] * DIM, {}), "vector"),
+        (("d", ["x"] * DIM, {}), "vector"),
+        (("", [0.0] * DIM, {}), "id"),
+        (("d", [0.0] * DIM, {"_tenant": B}), "payload"),
+        (("d", [0.0] * DIM, {"_doc_id": "other"}), "payload"),
+        (("d", [0.0] * DIM, {}, {"image": "../../etc/passwd"}), "source"),
+        (("d", [0.0] * DIM, {}, {"text": "a", "image": "b"}), "source"),
+    ],
+)
+def test_bad_points_are_400(seeded: VectorStore, point: tuple[Any, ...], field: str) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        seeded.upsert(A, "docs", [point])
+    assert exc.value.field == field
+    assert _count(seeded, A, "docs") == 10
+
+
+def test_delete_by_ids_and_by_filter(seeded: VectorStore) -> None:
+    seeded.delete_points(A, "docs", ids=["doc-0", "doc-1", "never-written"])
+    assert _count(seeded, A, "docs") == 8
+    seeded.delete_points(A, "docs", filter={"must": [{"key": "n", "range": {"gte": 8}}]})
+    assert sorted(p for page in seeded.scroll_ids(A, "docs") for p in page) == [
+        f"doc-{i}" for i in range(2, 8)
+    ]
+    # ids and filter together delete their intersection
+    seeded.delete_points(
+        A, "docs", ids=["doc-2", "doc-3"], filter={"must": [{"key": "lang", "match": {"value": "en"}}]}
+    )
+    assert not seeded.get_points(A, "docs", ["doc-3"]) and seeded.get_points(A, "docs", ["doc-2"])
+    with pytest.raises(InvalidInput):
+        seeded.delete_points(A, "docs")
+
+
+def test_payload_filters_match_and_range(seeded: VectorStore) -> None:
+    def ids(flt: dict[str, Any]) -> set[str]:
+        return {h.id for h in seeded.search(A, "docs", _vec(0), top_k=100, filter=flt)}
+
+    assert ids({"must": [{"key": "lang", "match": {"value": "en"}}]}) == {f"doc-{i}" for i in (1, 3, 5, 7, 9)}
+    assert ids({"must": [{"key": "n", "range": {"gt": 2, "lte": 5}}]}) == {"doc-3", "doc-4", "doc-5"}
+    assert ids(
+        {
+            "must_not": [{"key": "n", "match": {"any": [0, 1, 2]}}],
+            "must": {"key": "lang", "match": {"value": "fr"}},
+        }
+    ) == {
+        "doc-4",
+        "doc-6",
+        "doc-8",
+    }
+
+
+def test_search_options(seeded: VectorStore) -> None:
+    hits = seeded.search(A, "docs", _vec(4), top_k=3, with_payload=False)
+    assert hits[0].id == "doc-4" and hits[0].payload == {} and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.id for h in seeded.search(A, "docs", _vec(4), top_k=10, score_threshold=0.99)] == ["doc-4"]
+    for top_k in (0, 1001, 2.5):
+        with pytest.raises(InvalidInput):
+            seeded.search(A, "docs", _vec(4), top_k=top_k)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        seeded.search(A, "docs", _vec(4, DIM + 1))
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"must": [{"key": "n", "rnge": {"gt": 1}}]},
+        {"must": [{"key": "n", "match": {"value": {"x": 1}}}]},
+        {"should": "everything"},
+        ["not", "an", "object"],
+    ],
+)
+def test_malformed_filters_are_400(seeded: VectorStore, flt: Any) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        seeded.search(A, "docs", _vec(0), filter=flt)
+    assert exc.value.field == "filter"
+
+
+def test_scroll_pages_through_every_point(seeded: VectorStore) -> None:
+    seen: list[str] = []
+    offset = None
+    while True:
+        page, offset = seeded.scroll(A, "docs", offset, limit=3)
+        seen += [p.id for p in page]
+        if offset is None:
+            break
+    assert sorted(seen) == sorted(f"doc-{i}" for i in range(10))
+    assert [len(p) for p in seeded.scroll_ids(A, "docs", batch=4)] == [4, 4, 2]
+
+
+def test_payload_index_is_recorded_and_reserved_fields_refused(seeded: VectorStore) -> None:
+    seeded.ensure_payload_index(A, "docs", "lang", "keyword")
+    seeded.ensure_payload_index(A, "docs", "lang", "keyword")
+    assert seeded.get_collection(A, "docs").indexes == {"lang": "keyword"}
+    with pytest.raises(InvalidInput):
+        seeded.ensure_payload_index(A, "docs", TENANT_KEY, "keyword")
+    with pytest.raises(InvalidInput):
+        seeded.ensure_payload_index(A, "docs", "lang", "btree")
+
+
+# --- tenancy -----------------------------------------------------------------------------------
+
+RESERVED_FILTERS = [
+    {"must": [{"key": "_tenant", "match": {"value": A}}]},
+    {"should": [{"key": '"_tenant"', "match": {"value": A}}]},
+    {"must": [{"should": [{"key": "_tenant", "match": {"any": [A, B]}}]}]},
+    {"must_not": [{"is_empty": {"key": "_doc_id"}}]},
+    {"must": [{"is_null": {"key": "_tenant"}}]},
+    {"must": [{"nested": {"key": "_source", "filter": {"must": []}}}]},
+    {"min_should": {"conditions": [{"key": "_tenant", "match": {"value": A}}], "min_count": 1}},
+]
+
+
+@pytest.mark.parametrize("flt", RESERVED_FILTERS)
+def test_filters_on_reserved_keys_are_400(seeded: VectorStore, flt: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        parse_filter(flt)
+    assert exc.value.field == "filter"
+
+
+def test_tenant_b_cannot_reach_tenant_a(seeded: VectorStore) -> None:
+    info_a = seeded.get_collection(A, "docs")
+    before = seeded.search(A, "docs", _vec(0), top_k=10)
+    seeded.create_collection(B, "own", "minilm", "1", DIM)
+    seeded.upsert(B, "own", _docs(3, offset=100))
+
+    def denied(call: Any, *args: Any, **kwargs: Any) -> None:
+        with pytest.raises(EmbedfleetError) as exc:
+            call(*args, **kwargs)
+        assert exc.value.status in (400, 403, 404), exc.value
+
+    assert [c.name for c in seeded.list_collections(B)] == ["own"]
+    # A's collection by its name, its alias or its physical name reads as missing to B
+    for name in ("docs", info_a.alias, info_a.physical):
+        denied(seeded.get_collection, B, name)
+        denied(seeded.search, B, name, _vec(0))
+        denied(seeded.get_points, B, name, ["doc-0"])
+        denied(seeded.scroll, B, name)
+        denied(seeded.upsert, B, name, _docs(1))
+        denied(seeded.delete_points, B, name, ids=["doc-0"])
+        denied(seeded.delete_points, B, name, filter={})
+        denied(seeded.delete_collection, B, name)
+        denied(seeded.ensure_payload_index, B, name, "lang", "keyword")
+        denied(seeded.create_physical, B, name, "minilm", "2", DIM)
+    # ... and A's physical collection cannot be reached through B's own collection either
+    for call, extra in [
+        (seeded.search, (_vec(0),)),
+        (seeded.upsert, (_docs(1),)),
+        (seeded.get_points, (["doc-0"],)),
+    ]:
+        denied(call, B, "own", *extra, physical=info_a.physical)
+    denied(seeded.delete_points, B, "own", ids=["doc-0"], physical=info_a.physical)
+    denied(seeded.switch_alias, B, "own", info_a.physical)
+    denied(seeded.drop_physical, B, "own", info_a.physical)
+    for flt in RESERVED_FILTERS:
+        denied(seeded.search, B, "own", _vec(0), filter=flt)
+        denied(seeded.delete_points, B, "own", filter=flt)
+    # B's own deletes, even match-everything ones, stay in B's collection
+    seeded.delete_points(B, "own", filter={})
+    assert _count(seeded, B, "own") == 0
+
+    assert seeded.get_collection(A, "docs") == info_a
+    after = seeded.search(A, "docs", _vec(0), top_k=10)
+    assert [h.id for h in after] == [h.id for h in before]
+    assert [h.payload for h in after] == [h.payload for h in before]
+    assert [h.score for h in after] == pytest.approx([h.score for h in before], abs=1e-6)
+
+
+def test_foreign_points_in_a_physical_collection_stay_invisible(seeded: VectorStore) -> None:
+    """Defence in depth: were a point of another tenant ever written into A's collection, A's reads,
+    deletes and scrolls would still not see or touch it (the `_tenant` condition rides on all of them)."""
+    physical = seeded.get_collection(A, "docs").physical
+    stray = qm.PointStruct(
+        id=point_id(B, "docs", "doc-0"), vector=_vec(0).tolist(), payload={TENANT_KEY: B, DOC_ID_KEY: "doc-0"}
+    )
+    seeded.client.upsert(physical, [stray])
+    hits = seeded.search(A, "docs", _vec(0), top_k=100)
+    assert len(hits) == len({h.id for h in hits}) == 10
+    assert sum(len(p) for p in seeded.scroll_ids(A, "docs")) == 10
+    assert _count(seeded, A, "docs") == 10
+    seeded.delete_points(A, "docs", filter={})
+    assert seeded.client.count(physical).count == 1  # only B's stray point is left
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+def test_switch_alias_moves_reads_and_old_physical_can_be_dropped(seeded: VectorStore) -> None:
+    v1 = seeded.get_collection(A, "docs").physical
+    v2 = seeded.create_physical(A, "docs", "mpnet", "2", DIM + 4).name
+    assert seeded.get_collection(A, "docs").physical == v1  # building v2 changes nothing for readers
+    seeded.upsert(A, "docs", _docs(6, DIM + 4), physical=v2)
+    with pytest.raises(InvalidInput):
+        seeded.upsert(A, "docs", _docs(1), physical=v2)  # v1's dimension does not fit v2
+
+    assert len(seeded.search(A, "docs", _vec(0), top_k=100)) == 10  # still v1
+    info = seeded.switch_alias(A, "docs", v2)
+    assert (info.model, info.version, info.dimension) == ("mpnet", "2", DIM + 4)
+    assert {a.alias_name: a.collection_name for a in seeded.client.get_aliases().aliases}[info.alias] == v2
+    hits = seeded.search(A, "docs", _vec(0, DIM + 4), top_k=100)
+    assert len(hits) == 6 and hits[0].id == "doc-0"
+    assert len(seeded.search(A, "docs", _vec(0), top_k=100, physical=v1)) == 10  # v1 kept for rollback
+
+    # deletes reach every physical, so a rollback cannot resurrect a deleted document
+    seeded.delete_points(A, "docs", ids=["doc-1"])
+    assert _count(seeded, A, "docs") == 5
+    assert not seeded.get_points(A, "docs", ["doc-1"], physical=v1)
+
+    with pytest.raises(Conflict):
+        seeded.drop_physical(A, "docs", v2)
+    info = seeded.drop_physical(A, "docs", v1)
+    assert [p.name for p in info.physicals] == [v2] and not seeded.client.collection_exists(v1)
+    with pytest.raises(NotFound):
+        seeded.search(A, "docs", _vec(0), physical=v1)
+
+
+def test_rollback_and_migration_slot(seeded: VectorStore) -> None:
+    seeded.ensure_payload_index(A, "docs", "lang", "keyword")
+    v1 = seeded.get_collection(A, "docs").physical
+    v2 = seeded.create_physical(A, "docs", "minilm-ft", "2", DIM, quantization="scalar")
+    assert v2.distance == "cosine" and v2.quantization == "scalar"
+    info = seeded.set_migration(
+        A, "docs", {"state": "backfilling", "to": v2.name, "cursor": None}, "migrating"
+    )
+    assert (
+        seeded.get_collection(A, "docs").migration
+        == info.migration
+        == {
+            "state": "backfilling",
+            "to": v2.name,
+            "cursor": None,
+        }
+    )
+    seeded.switch_alias(A, "docs", v2.name)
+    seeded.switch_alias(A, "docs", v1)  # rollback
+    info = seeded.set_migration(A, "docs", None, "ready")
+    assert info.physical == v1 and info.migration is None and info.status == "ready"
+    assert _count(seeded, A, "docs") == 10
+
+
+# --- exactness ---------------------------------------------------------------------------------
+
+
+def test_search_top_k_equals_brute_force_cosine(store: VectorStore) -> None:
+    rng = np.random.default_rng(7)
+    dim, n, k = 32, 600, 10
+    docs = rng.standard_normal((n, dim)).astype(np.float32)
+    queries = rng.standard_normal((20, dim)).astype(np.float32)
+    store.create_collection(A, "exact", "minilm", "1", dim)
+    store.upsert(A, "exact", [PointIn(str(i), v) for i, v in enumerate(docs)])
+
+    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    for q in queries:
+        scores = unit @ (q / np.linalg.norm(q))
+        expected = np.argsort(-scores)[:k]
+        hits = store.search(A, "exact", q, top_k=k, with_payload=False)
+        assert [int(h.id) for h in hits] == expected.tolist()
+        np.testing.assert_allclose([h.score for h in hits], scores[expected], atol=1e-5)

@@ -1,0 +1,85 @@
+"""trt_build: deterministic Triton configs (golden files, valid ModelConfig protobufs), profiles,
+ONNX parity against sentence-transformers, idempotent builds, and the TensorRT skip path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.config import get_settings
+from services.registry import load_registry
+from trt_build import engine
+from trt_build.build import build, text_parity
+from trt_build.parity import MIN_COSINE
+from trt_build.profiles import text_profile, trtexec_shapes
+from trt_build.triton_config import CpuOptions, cpu_config, gpu_config
+
+GOLDEN = Path(__file__).with_name("golden")
+SPEC = load_registry().get("all-minilm-l6-v2")
+
+
+@pytest.mark.parametrize(
+    ("kind", "render"),
+    [
+        ("cpu", lambda: cpu_config(SPEC, CpuOptions(instance_count=2, ort_threads=1))),
+        ("tensorrt", lambda: gpu_config(SPEC, "tensorrt")),
+        ("onnxruntime", lambda: gpu_config(SPEC, "onnxruntime")),
+    ],
+)
+def test_config_matches_golden_and_parses(kind: str, render) -> None:  # type: ignore[no-untyped-def]
+    text = render()
+    assert text == render(), "generation must be deterministic"
+    assert text == (GOLDEN / f"all-minilm-l6-v2.{kind}.pbtxt").read_text()
+    cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert cfg.max_batch_size == SPEC.batching.max_batch_size
+    assert [i.name for i in cfg.input] == ["input_ids", "attention_mask"]
+    assert list(cfg.output[0].dims) == [SPEC.dimension]
+
+
+def test_cpu_and_gpu_share_the_io_signature() -> None:
+    def io(text: str) -> list[tuple[str, int, list[int]]]:
+        cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+        return [(t.name, t.data_type, list(t.dims)) for t in [*cfg.input, *cfg.output]]
+
+    assert (
+        io(cpu_config(SPEC, CpuOptions()))
+        == io(gpu_config(SPEC, "tensorrt"))
+        == io(gpu_config(SPEC, "onnxruntime"))
+    )
+
+
+def test_profile_from_registry() -> None:
+    p = text_profile(SPEC)
+    assert p.min == (1, 1) and p.opt == (32, 64) and p.max == (64, 256)
+    assert trtexec_shapes(p, ("input_ids",))[2] == "--maxShapes=input_ids:64x256"
+
+
+def test_tensorrt_missing_is_a_clear_skip(tmp_path: Path) -> None:
+    if engine.tensorrt_available():
+        pytest.skip("tensorrt is installed here; the skip path does not apply")
+    result = engine.build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", text_profile(SPEC), ("input_ids",))
+    assert not result.built and "tensorrt is not importable" in result.reason
+    assert not (tmp_path / "m.plan").exists(), "never write a fake engine"
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    settings = get_settings()
+    build(load_registry(), SPEC.name, settings)
+    return settings.model_repository / SPEC.engines["onnx"]
+
+
+def test_onnx_parity_with_sentence_transformers(built: Path) -> None:
+    report = text_parity(SPEC, SPEC.source_dir(), built)
+    assert report.min_cosine >= MIN_COSINE and report.max_abs_diff < 1e-4, str(report)
+
+
+def test_build_is_idempotent(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = build(load_registry(), SPEC.name, get_settings())
+    assert report.up_to_date and "nothing to do" in capsys.readouterr().out
+    repo = get_settings().model_repository / SPEC.name
+    assert (repo / "config.pbtxt").read_text() == cpu_config(SPEC, CpuOptions())
+    assert (repo / SPEC.version / "model.py").exists()
