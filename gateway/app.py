@@ -12,23 +12,15 @@ from gateway import errors
 from gateway.auth import Authenticator
 from gateway.deps import Fleet
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import embed, embeddings, health
-from services.cache import make_cache
+from gateway.routes import collections, embed, embeddings, health, jobs, search
 from services.config import Settings, get_settings
-from services.embedder import Embedder
-from services.encoders.triton import TritonEncoder
-from services.registry import load_registry
+from services.runtime import Runtime
 
 log = logging.getLogger("embedfleet.gateway")
 
 
 def build_fleet(settings: Settings) -> Fleet:
-    if settings.triton_url is None:
-        raise RuntimeError("triton_url is unset: `embedfleet serve` starts a local Triton and sets it")
-    registry = load_registry(settings.registry_path)
-    encoder = TritonEncoder(settings.triton_url, settings.triton_timeout_s, settings.retry_after_s)
-    embedder = Embedder(settings, registry, encoder, make_cache(settings))
-    return Fleet(settings=settings, embedder=embedder, auth=Authenticator(settings))
+    return Fleet(runtime=Runtime.build(settings), auth=Authenticator(settings))
 
 
 def create_app(settings: Settings, fleet: Fleet | None = None) -> FastAPI:
@@ -38,12 +30,14 @@ def create_app(settings: Settings, fleet: Fleet | None = None) -> FastAPI:
         if app.state.fleet.auth.open:
             log.warning("no API keys configured: the gateway is open (tenant 'public')")
         yield
-        await app.state.fleet.embedder.close()
+        for task in list(app.state.fleet.background):
+            task.cancel()
+        await app.state.fleet.runtime.close()
 
     app = FastAPI(title="embedfleet", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.add_middleware(GatewayMiddleware, max_request_bytes=settings.max_request_bytes)
-    for module in (health, embeddings, embed):
+    for module in (health, embeddings, embed, collections, search, jobs):
         app.include_router(module.router)
     return app
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -13,17 +13,32 @@ from gateway.auth import Authenticator
 from services.config import Settings
 from services.embedder import Embedder
 from services.errors import EmbedfleetError
+from services.runtime import Runtime
 
 T = TypeVar("T")
 
 
 @dataclass
 class Fleet:
-    """Everything a route may use, built once in the app's lifespan."""
+    """Everything a route may use, built once in the app's lifespan: the core runtime plus auth."""
 
-    settings: Settings
-    embedder: Embedder
+    runtime: Runtime
     auth: Authenticator
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.runtime.embedder
+
+    def spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Keep a reference to background work (in-process jobs) so it is not garbage-collected."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 def get_fleet(request: Request) -> Fleet:

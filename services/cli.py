@@ -134,6 +134,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from services.worker.celery_app import main as worker_main
+
+    worker_main(settings, concurrency=args.concurrency)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedfleet", description="multimodal embedding inference fleet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)
+    p = sub.add_parser("worker", help="run a Celery worker for indexing and backfill jobs (needs broker_url)")
+    p.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -154,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if getattr(args, "target", None) is None and args.command == "build":
         args.target = settings.build_target
-    handler = {"build": cmd_build, "triton": cmd_triton, "serve": cmd_serve}[args.command]
-    return handler(args, settings)
+    handlers = {"build": cmd_build, "triton": cmd_triton, "serve": cmd_serve, "worker": cmd_worker}
+    return handlers[args.command](args, settings)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     registry_path: Path = Field(PACKAGE_ROOT / "services" / "registry" / "models.yaml")
     model_repository: Path = Field(PACKAGE_ROOT / "model_repository")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["all-minilm-l6-v2"], description="models the gateway serves"
+        default_factory=lambda: ["all-minilm-l6-v2", "lit-shapes"], description="models the gateway serves"
     )
     triton_url: str | None = Field(
         None, description="host:port of an external Triton gRPC endpoint; unset = start a local one"
@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     async_threshold: int = Field(256, ge=1, description="documents per request above which indexing is a job")
     job_chunk_size: int = Field(64, ge=1)
     worker_metrics_port: int = Field(9100, description="where `embedfleet worker` serves /metrics")
+    job_visibility_timeout_s: int = Field(300, ge=10, description="Redis broker redelivery of unacked chunks")
 
     # --- media ---------------------------------------------------------------------------------
     max_image_bytes: int = 10 * 1024 * 1024

@@ -6,7 +6,12 @@ tokenization and cache lookups are plain calls here, not extra services, so a re
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,10 +21,21 @@ from services.cache import EmbeddingCache, cache_key, lookup
 from services.config import Settings
 from services.encoders.base import Encoder
 from services.errors import InvalidInput, NotFound, PayloadTooLarge
+from services.media.images import decode_image
+from services.media.video import decode_video
 from services.registry import Kind, ModelSpec, Registry, Side
 from services.templates import Template, resolve
 from services.tokenizer import TextTokenizer, Truncate
-from services.vectors import finish
+from services.vectors import finish, l2_normalize
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MediaEmbedded:
+    vector: np.ndarray  # [dim]
+    kind: str  # image | video
+    timestamps: list[float] | None = None  # video: the frames used, seconds from the start
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class Embedder:
         self.cache = cache
         self._tokenizers: dict[str, TextTokenizer] = {}
         self._batchers: dict[str, Batcher] = {}
+        self._media_pool: ThreadPoolExecutor | None = None
         self.served = registry.served(settings.models)
 
     def triton_models(self) -> list[str]:
@@ -174,6 +191,67 @@ class Embedder:
         metrics.INPUTS.labels(spec.name, "text").inc(n)
         return Embedded(out, tokenized.lengths, tokenized.truncated, template, n - len(missing))
 
+    def image_spec(self, model: str, field: str) -> ModelSpec:
+        """The image tower behind `model` (itself, or a dual-tower's image tower)."""
+        spec = self.spec(model)
+        if spec.kind is Kind.dual_tower:
+            return self.registry.get(spec.towers["image"])
+        if spec.kind is not Kind.image_encoder or spec.image is None:
+            raise InvalidInput(f"model {model} does not embed images or video", field=field)
+        return spec
+
+    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
+        """Decode/resize on the media pool: CPU-heavy work must not stall the event loop."""
+        if self._media_pool is None:
+            self._media_pool = ThreadPoolExecutor(self.settings.media_workers, thread_name_prefix="media")
+        return await asyncio.get_running_loop().run_in_executor(self._media_pool, fn, *args)
+
+    async def embed_media(
+        self,
+        model: str,
+        kind: str,
+        data: bytes,
+        *,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        lane: str = "online",
+        field: str = "inputs[0].image",
+    ) -> MediaEmbedded:
+        """An image, or a video as the mean of N uniformly sampled frames through the image tower."""
+        self.check_dimensions(self.spec(model), dimensions)
+        spec = self.image_spec(model, field)
+        assert spec.image is not None
+        norm = spec.normalize if normalize is None else normalize
+        key = cache_key(
+            spec.ref, f"{kind}:{spec.video_frames}:" + hashlib.sha256(data).hexdigest(), dimensions, norm
+        )
+        cached = (await lookup(self.cache, [key]))[0] if lane == "online" and kind == "image" else None
+        if cached is not None:
+            return MediaEmbedded(cached, kind)
+        timestamps = None
+        if kind == "image":
+            pixels = [await self._off_loop(decode_image, data, self.settings, spec.image, field)]
+        else:
+            frames, timestamps = await self._off_loop(
+                decode_video, data, self.settings, spec.video_frames, spec.image, field
+            )
+            pixels = list(frames)
+        raw = await self.batcher(spec).submit(pixels, lane=lane)
+        pooled = l2_normalize(raw).mean(axis=0, keepdims=True) if kind == "video" else raw
+        vec = finish(pooled, dimensions, norm)[0]
+        if kind == "image":
+            await self.cache.set_many({key: vec})
+        metrics.INPUTS.labels(spec.name, kind).inc()
+        return MediaEmbedded(vec, kind, timestamps)
+
+    def fusion_weights(self, model: str) -> tuple[float, float]:
+        spec = self.spec(model)
+        if spec.kind is not Kind.dual_tower or spec.fusion is None:
+            raise InvalidInput(
+                f"model {model} cannot embed text and image together in one item", field="inputs"
+            )
+        return spec.fusion.text_weight, spec.fusion.image_weight
+
     async def ready(self) -> dict[str, bool]:
         out = {}
         for name in self.triton_models():
@@ -185,5 +263,7 @@ class Embedder:
     async def close(self) -> None:
         for b in self._batchers.values():
             await b.close()
+        if self._media_pool is not None:
+            self._media_pool.shutdown(wait=False, cancel_futures=True)
         await self.cache.close()
         await self.encoder.close()

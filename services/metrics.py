@@ -53,3 +53,6 @@ CACHE_ERRORS = Counter(
     "embedfleet_cache_errors_total", "Cache backend failures (served without cache)", ["backend"]
 )
 ENCODER_UP = Gauge("embedfleet_encoder_up", "1 when the model answered its last readiness check", ["model"])
+JOB_DOCUMENTS = Counter(
+    "embedfleet_job_documents_total", "Documents processed by indexing jobs", ["collection", "outcome"]
+)

@@ -1,4 +1,4 @@
-"""Native `POST /v1/embed`: task templates, truncation control, multimodal items."""
+"""Native `POST /v1/embed`: task templates, truncation control, text/image/video/interleaved items."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from starlette.responses import Response
 from gateway.deps import FleetDep, TenantDep, until_disconnect
 from gateway.routes.embeddings import json_response
 from gateway.schemas.native import EmbedRequest
-from services.errors import InvalidInput
+from services.multimodal import Item, embed_items
 from services.vectors import to_base64
 
 router = APIRouter(tags=["native"])
@@ -17,44 +17,69 @@ router = APIRouter(tags=["native"])
 @router.post("/v1/embed")
 async def embed(body: EmbedRequest, request: Request, fleet: FleetDep, _tenant: TenantDep) -> Response:
     request.state.model = body.model
-    for i, item in enumerate(body.inputs):
-        for kind in ("image", "video"):
-            if getattr(item, kind) is not None:
-                raise InvalidInput(
-                    f"{kind} inputs are not served by this gateway yet", field=f"inputs[{i}].{kind}"
-                )
-    texts = [item.text or "" for item in body.inputs]
-    fleet.embedder.check_payload(len(texts), texts, "inputs")
-    result = await until_disconnect(
-        request,
-        fleet.embedder.embed_texts(
-            body.model,
-            texts,
-            task=body.task,
-            instruction=body.instruction,
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-            normalize=body.normalize,
-            field="inputs",
-        ),
-    )
+    embedder = fleet.runtime.embedder
+    texts = [item.text for item in body.inputs if item.text is not None]
+    embedder.check_payload(len(body.inputs), texts, "inputs")
     encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
-    tokens = sum(result.tokens)
-    template = result.template
+    if all(i.image is None and i.video is None for i in body.inputs):  # text only: one batched call
+        result = await until_disconnect(
+            request,
+            embedder.embed_texts(
+                body.model,
+                texts,
+                task=body.task,
+                instruction=body.instruction,
+                truncate=body.truncate,
+                dimensions=body.dimensions,
+                normalize=body.normalize,
+                field="inputs",
+            ),
+        )
+        template = result.template
+        data = [
+            {
+                "index": i,
+                "kind": "text",
+                "embedding": encode(v),
+                "tokens": result.tokens[i],
+                "truncated": result.truncated[i],
+            }
+            for i, v in enumerate(result.vectors)
+        ]
+    else:
+        items = [Item(i.text, i.image, i.video) for i in body.inputs]
+        results, template = await until_disconnect(
+            request,
+            embed_items(
+                embedder,
+                body.model,
+                items,
+                task=body.task,
+                instruction=body.instruction,
+                dimensions=body.dimensions,
+                normalize=body.normalize,
+                truncate=body.truncate,
+            ),
+        )
+        data = []
+        for i, r in enumerate(results):
+            entry = {
+                "index": i,
+                "kind": r.kind,
+                "embedding": encode(r.vector),
+                "tokens": r.tokens,
+                "truncated": r.truncated,
+            }
+            if r.timestamps is not None:
+                entry["frame_timestamps_s"] = r.timestamps
+            data.append(entry)
+    tokens = sum(int(d["tokens"]) for d in data)  # type: ignore[call-overload]
     return json_response(
         {
             "object": "list",
             "model": body.model,
             "template": {"task": template.task, "template": template.template} if template else None,
-            "data": [
-                {
-                    "index": i,
-                    "embedding": encode(v),
-                    "tokens": result.tokens[i],
-                    "truncated": result.truncated[i],
-                }
-                for i, v in enumerate(result.vectors)
-            ],
+            "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )

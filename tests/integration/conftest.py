@@ -24,7 +24,7 @@ from services.registry import DEFAULT_REGISTRY, load_registry
 from services.triton_server import LocalTriton, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVED = ["all-minilm-l6-v2", "minilm-e5"]
+SERVED = ["all-minilm-l6-v2", "minilm-e5", "lit-shapes"]
 # A second registry entry on the same engine with e5-style templates and (test-only) Matryoshka
 # dimensions: exercises template rendering and truncation on the one real model we have.
 E5_ENTRY = {
@@ -155,7 +155,7 @@ def start_gateway(settings: Settings, triton_url: str, name: str, **env: object)
         "EMBEDFLEET_HOST": "127.0.0.1",
         "EMBEDFLEET_TRITON_URL": triton_url,
         "EMBEDFLEET_REGISTRY_PATH": settings.registry_path,
-        "EMBEDFLEET_DATA_DIR": settings.data_dir,
+        "EMBEDFLEET_DATA_DIR": settings.data_dir / name,  # local Qdrant: one owning process per dir
         "EMBEDFLEET_MODELS": ",".join(settings.models),
         "EMBEDFLEET_CACHE_BACKEND": "none",
         "EMBEDFLEET_LOG_LEVEL": "warning",
@@ -193,6 +193,12 @@ def gateway(settings: Settings, triton: LocalTriton) -> Iterator[Gateway]:
     gw.metrics_targets = [gw.base_url.removeprefix("http://"), f"127.0.0.1:{triton.ports.metrics}"]
     yield gw
     gw.stop()
+
+
+@pytest.fixture(scope="session")
+def mm_gateway(gateway: Gateway) -> Gateway:
+    """The main gateway also serves the LiT dual-tower test model."""
+    return gateway
 
 
 @pytest.fixture(scope="session")

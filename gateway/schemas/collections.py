@@ -1,0 +1,74 @@
+"""Collections, documents, search and job request shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.indexing import Document
+
+
+class CreateCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: str
+    distance: Literal["cosine", "dot", "euclid", "manhattan"] = "cosine"
+    dimensions: int | None = Field(None, ge=1)
+    on_disk: bool = False
+    quantization: Literal["none", "scalar", "binary"] = "none"
+
+
+class Documents(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[Document] = Field(min_length=1)
+
+
+class DeleteDocuments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = None
+    filter: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> DeleteDocuments:
+        if not self.ids and not self.filter:
+            raise ValueError("give ids, a filter, or both")
+        return self
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = None
+    video: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Query:
+        if sum(x is not None for x in (self.text, self.image, self.video)) != 1:
+            raise ValueError("a query has exactly one of text, image, video")
+        return self
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: Query
+    task: str | None = None
+    top_k: int = Field(10, ge=1, le=1000)
+    filter: dict[str, Any] | None = None
+    with_payload: bool = True
+    score_threshold: float | None = None
+
+
+class BatchSearchItem(SearchRequest):
+    collection: str
+
+
+class BatchSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    searches: list[BatchSearchItem] = Field(min_length=1, max_length=256)

@@ -1,0 +1,121 @@
+"""Documents into a collection: one code path for synchronous requests, in-process jobs and Celery.
+
+Documents are embedded with the collection's model on the template's passage side and upserted with
+point ids derived from (tenant, collection, doc id), so a retried chunk rewrites the same points and never
+duplicates. The source needed to re-embed later (model upgrades) is kept: text in the point, images and
+videos in the content-addressed blob store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.errors import InvalidInput
+from services.multimodal import media_bytes
+from services.registry import ModelSpec, Side
+from services.store import CollectionInfo, PointIn
+
+if TYPE_CHECKING:
+    from services.runtime import Runtime
+
+DOC_TASK = "retrieval"
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str | None = None
+    image: str | None = Field(None, description="base64 or data URI")
+    video: str | None = Field(None, description="base64 or data URI")
+    payload: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_content(self) -> Document:
+        if sum(x is not None for x in (self.text, self.image, self.video)) != 1:
+            raise ValueError("a document has exactly one of text, image, video")
+        return self
+
+
+def task_for(spec: ModelSpec, task: str | None) -> str | None:
+    """The retrieval family when the model has one; otherwise its default templates."""
+    if task is not None:
+        return task
+    return DOC_TASK if DOC_TASK in spec.templates else None
+
+
+async def embed_documents(
+    rt: Runtime,
+    info: CollectionInfo,
+    docs: list[Document],
+    *,
+    lane: str,
+    physical: str | None = None,
+    field: str = "documents",
+) -> list[PointIn]:
+    """Vectors and stored sources for `docs`, with the model of `physical` (default: the current one)."""
+    phys = info.physical_info(physical) if physical else info.current
+    spec = rt.registry.get(phys.model)
+    dims = phys.dimension if phys.dimension != spec.dimension else None
+    texts = [d for d in docs if d.text is not None]
+    points: dict[str, PointIn] = {}
+    if texts:
+        out = await rt.embedder.embed_texts(
+            phys.model,
+            [d.text for d in texts],
+            task=task_for(spec, None),
+            side=Side.document,
+            dimensions=dims,
+            lane=lane,
+            field=field,
+        )
+        for d, vec in zip(texts, out.vectors, strict=True):
+            points[d.id] = PointIn(d.id, vec, d.payload, {"text": d.text})
+    for i, d in enumerate(docs):
+        if d.text is not None:
+            continue
+        kind = "image" if d.image is not None else "video"
+        where = f"{field}[{i}].{kind}"
+        data = await media_bytes(rt.settings, kind, d.image or d.video or "", where)
+        media = await rt.embedder.embed_media(phys.model, kind, data, dimensions=dims, lane=lane, field=where)
+        digest = await asyncio.to_thread(rt.blobs.put, data)
+        points[d.id] = PointIn(d.id, media.vector, d.payload, {kind: digest})
+    return [points[d.id] for d in docs]
+
+
+async def index_documents(
+    rt: Runtime,
+    tenant: str,
+    name: str,
+    docs: list[Document],
+    *,
+    lane: str = "online",
+    physical: str | None = None,
+) -> int:
+    """Embed and upsert; during a migration writes go to every live physical collection."""
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    ids = [d.id for d in docs]
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("document ids must be unique within a request", field="documents")
+    targets = [physical] if physical else write_targets(info)
+    for target in targets:
+        points = await embed_documents(rt, info, docs, lane=lane, physical=target)
+        await asyncio.to_thread(rt.store.upsert, tenant, name, points, target)
+    return len(docs)
+
+
+def write_targets(info: CollectionInfo) -> list[str]:
+    """The current physical collection, plus the migration target while one is backfilling."""
+    targets = [info.physical]
+    migration = info.migration or {}
+    target = migration.get("target")
+    if (
+        migration.get("state") in {"sampling", "backfilling", "cutover"}
+        and target
+        and target != info.physical
+    ):
+        targets.append(target)
+    return targets

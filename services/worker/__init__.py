@@ -1,0 +1,1 @@
+"""Celery workers: thin wrappers over core functions (services.jobs)."""
