@@ -33,6 +33,7 @@ def stdlib_docs(min_body_words: int = 12) -> list[Doc]:
     root = Path(sysconfig.get_paths()["stdlib"])
     out: list[Doc] = []
     seen: set[str] = set()
+    ids: set[str] = set()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if any(part in SKIP or (part.startswith("_") and part != "__init__.py") for part in rel.parts):
@@ -54,7 +55,13 @@ def stdlib_docs(min_body_words: int = 12) -> list[Doc]:
                 continue
             seen.add(body)
             name = getattr(node, "name", "")
-            out.append(Doc(f"{module}:{name}" if name else module, title, body))
+            base = f"{module}:{name}" if name else module
+            doc_id, n = base, 1
+            while doc_id in ids:  # same method name in several classes of one module
+                n += 1
+                doc_id = f"{base}#{n}"
+            ids.add(doc_id)
+            out.append(Doc(doc_id, title, body))
     return out
 
 

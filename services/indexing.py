@@ -40,6 +40,14 @@ class Document(BaseModel):
         return self
 
 
+def check_unique(docs: list[Document]) -> None:
+    seen: set[str] = set()
+    for i, d in enumerate(docs):
+        if d.id in seen:
+            raise InvalidInput(f"document id {d.id!r} appears twice in one request", field=f"documents[{i}].id")
+        seen.add(d.id)
+
+
 def task_for(spec: ModelSpec, task: str | None) -> str | None:
     """The retrieval family when the model has one; otherwise its default templates."""
     if task is not None:
@@ -97,9 +105,7 @@ async def index_documents(
 ) -> int:
     """Embed and upsert; during a migration writes go to every live physical collection."""
     info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
-    ids = [d.id for d in docs]
-    if len(set(ids)) != len(ids):
-        raise InvalidInput("document ids must be unique within a request", field="documents")
+    check_unique(docs)
     targets = [physical] if physical else write_targets(info)
     for target in targets:
         points = await embed_documents(rt, info, docs, lane=lane, physical=target)

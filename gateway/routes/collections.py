@@ -9,8 +9,8 @@ from starlette.responses import Response
 
 from gateway.deps import Fleet, FleetDep, TenantDep, until_disconnect
 from gateway.routes.embeddings import json_response
-from gateway.schemas.collections import CreateCollection, DeleteDocuments, Documents
-from services.indexing import index_documents
+from gateway.schemas.collections import CreateCollection, DeleteDocuments, Documents, ScrollRequest
+from services.indexing import check_unique, index_documents
 from services.jobs import ACTIVE, create_job, run_inprocess
 
 router = APIRouter(tags=["collections"])
@@ -61,6 +61,7 @@ async def delete_collection(name: str, fleet: FleetDep, tenant: TenantDep) -> Re
 
 async def start_job(fleet: Fleet, tenant: str, name: str, body: Documents) -> Response:
     await asyncio.to_thread(fleet.runtime.store.get_collection, tenant, name)  # 404 before any work
+    check_unique(body.documents)
     job = await asyncio.to_thread(create_job, fleet.runtime, tenant, name, body.documents)
     if fleet.settings.broker_url:
         from services.worker.celery_app import enqueue_job
@@ -106,3 +107,24 @@ async def get_document(name: str, doc_id: str, fleet: FleetDep, tenant: TenantDe
         raise NotFound(f"document {doc_id!r} not found", field="doc_id")
     p = points[0]
     return json_response({"id": p.id, "payload": p.payload, "source": p.source})
+
+
+@router.post("/v1/collections/{name}/scroll")
+async def scroll(name: str, body: ScrollRequest, fleet: FleetDep, tenant: TenantDep) -> Response:
+    """Page through a collection (export, audits, brute-force checks); `next_offset` is null at the end."""
+    points, next_offset = await asyncio.to_thread(
+        fleet.runtime.store.scroll,
+        tenant,
+        name,
+        body.offset,
+        body.limit,
+        body.filter,
+        body.with_payload,
+        body.with_vectors,
+    )
+    return json_response(
+        {
+            "points": [{"id": p.id, "payload": p.payload, "vector": p.vector} for p in points],
+            "next_offset": next_offset,
+        }
+    )

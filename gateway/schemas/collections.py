@@ -72,3 +72,13 @@ class BatchSearch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     searches: list[BatchSearchItem] = Field(min_length=1, max_length=256)
+
+
+class ScrollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offset: str | None = None
+    limit: int = Field(256, ge=1, le=1000)
+    filter: dict[str, Any] | None = None
+    with_payload: bool = True
+    with_vectors: bool = False
