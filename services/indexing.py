@@ -44,7 +44,7 @@ def check_unique(docs: list[Document]) -> None:
     seen: set[str] = set()
     for i, d in enumerate(docs):
         if d.id in seen:
-            raise InvalidInput(f"document id {d.id!r} appears twice in one request", field=f"documents[{i}].id")
+            raise InvalidInput(f"document id {d.id!r} appears twice", field=f"documents[{i}].id")
         seen.add(d.id)
 
 
