@@ -12,7 +12,7 @@ from gateway import errors
 from gateway.auth import Authenticator
 from gateway.deps import Fleet
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import collections, embed, embeddings, health, jobs, search
+from gateway.routes import collections, embed, embeddings, health, jobs, migrations, search
 from services.config import Settings, get_settings
 from services.runtime import Runtime
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings, fleet: Fleet | None = None) -> FastAPI:
     app = FastAPI(title="embedfleet", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.add_middleware(GatewayMiddleware, max_request_bytes=settings.max_request_bytes)
-    for module in (health, embeddings, embed, collections, search, jobs):
+    for module in (health, embeddings, embed, collections, search, jobs, migrations):
         app.include_router(module.router)
     return app
 

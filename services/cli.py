@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 
+from services import index_cli
 from services.config import Settings, get_settings
 from services.registry import load_registry
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int)
     p = sub.add_parser("worker", help="run a Celery worker for indexing and backfill jobs (needs broker_url)")
     p.add_argument("--concurrency", type=int, default=1)
+    index_cli.add_parser(sub)
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "target", None) is None and args.command == "build":
         args.target = settings.build_target
     handlers = {"build": cmd_build, "triton": cmd_triton, "serve": cmd_serve, "worker": cmd_worker}
+    handlers["index"] = index_cli.run_index
     return handlers[args.command](args, settings)
 
 

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker; unset = jobs run in-process")
     async_threshold: int = Field(256, ge=1, description="documents per request above which indexing is a job")
     job_chunk_size: int = Field(64, ge=1)
+    migration_sample_size: int = Field(2000, ge=20, description="documents sampled to fit a compensator")
+    migration_grace_s: float = Field(3600.0, ge=0, description="v1 kept after cutover for rollback")
     worker_metrics_port: int = Field(9100, description="where `embedfleet worker` serves /metrics")
     job_visibility_timeout_s: int = Field(300, ge=10, description="Redis broker redelivery of unacked chunks")
 

@@ -56,3 +56,14 @@ ENCODER_UP = Gauge("embedfleet_encoder_up", "1 when the model answered its last 
 JOB_DOCUMENTS = Counter(
     "embedfleet_job_documents_total", "Documents processed by indexing jobs", ["collection", "outcome"]
 )
+MIGRATION_PROGRESS = Gauge(
+    "embedfleet_migration_progress_ratio", "Backfill progress of a migration", ["collection"]
+)
+MIGRATION_DOCUMENTS = Counter(
+    "embedfleet_migration_documents_total", "Documents re-embedded by migration backfills", ["collection"]
+)
+SEARCHES = Counter(
+    "embedfleet_search_requests_total",
+    "Searches by read path: raw, compensated (v2 query mapped into v1), merged, v1_fallback",
+    ["collection", "path"],
+)

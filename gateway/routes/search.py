@@ -24,7 +24,7 @@ def render(result: SearchResult) -> dict[str, object]:
     }
 
 
-def run(fleet: Fleet, tenant: str, name: str, body: SearchRequest):  # type: ignore[no-untyped-def]
+def run(fleet: Fleet, tenant: str, name: str, body: SearchRequest, merge: bool = False):  # type: ignore[no-untyped-def]
     return search(
         fleet.runtime,
         tenant,
@@ -35,14 +35,16 @@ def run(fleet: Fleet, tenant: str, name: str, body: SearchRequest):  # type: ign
         filter=body.filter,
         with_payload=body.with_payload,
         score_threshold=body.score_threshold,
+        merge=merge,
     )
 
 
 @router.post("/v1/collections/{name}/search")
 async def search_collection(
-    name: str, body: SearchRequest, request: Request, fleet: FleetDep, tenant: TenantDep
+    name: str, body: SearchRequest, request: Request, fleet: FleetDep, tenant: TenantDep, merge: bool = False
 ) -> Response:
-    return json_response(render(await until_disconnect(request, run(fleet, tenant, name, body))))
+    """`?merge=true` during a migration also searches the backfilled v2 points (rank fusion)."""
+    return json_response(render(await until_disconnect(request, run(fleet, tenant, name, body, merge))))
 
 
 @router.post("/v1/search/batch")

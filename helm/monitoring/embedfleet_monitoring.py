@@ -49,9 +49,6 @@ FUTURE_METRICS: frozenset[str] = frozenset(
     {
         "embedfleet_jobs_queue_length",
         "embedfleet_jobs_oldest_age_seconds",
-        "embedfleet_migration_progress_ratio",
-        "embedfleet_migration_documents_total",
-        "embedfleet_search_requests_total",
     }
 )
 

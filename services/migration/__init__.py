@@ -1,0 +1,1 @@
+"""Model upgrades without downtime: drift compensation on read (drift.py), lifecycle and backfill."""

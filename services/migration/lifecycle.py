@@ -1,0 +1,336 @@
+"""Model upgrades without downtime: sampling -> backfilling -> cutover -> done (or failed, cancelled,
+rolled_back), with compensated reads on the old index while the backfill runs.
+
+State lives in the collection's metadata slot (Qdrant), so every gateway replica and worker sees it.
+- sampling: both models embed pseudo-queries (first sentences of sampled documents, rendered with the
+  **query** template) and the sampled documents; compensators are fitted on query pairs and scored on a
+  held-out split against the documents' own vectors (MRR@10 with the source document as the label),
+  which also decides the never-worse rule (v1 queries keep answering when no compensator beats them).
+- backfilling: the source's points are re-embedded with v2 into a new physical collection, page by page
+  with a persisted cursor, deterministic ids, on the batcher's low-priority lane. After each page the ids
+  are re-checked against the source and any deleted meanwhile are removed again, so a backfill page never
+  resurrects a delete. New writes go to both physicals (services.indexing.write_targets).
+- cutover: when the target holds every live document the alias moves atomically; v1 is kept for
+  `migration_grace_s` so `rollback` can move it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from services import metrics
+from services.errors import Conflict, InvalidInput
+from services.indexing import Document, embed_documents, task_for
+from services.migration import drift
+from services.registry import Side
+from services.store import CollectionInfo
+
+if TYPE_CHECKING:
+    from services.runtime import Runtime
+
+ACTIVE = ("sampling", "backfilling", "cutover")
+COMPENSATORS = ("none", "mean", "kernel", "procrustes", "linear", "mlp")
+_SENTENCE = re.compile(r"(.+?[.!?])(\s|$)")
+
+
+def pseudo_query(text: str) -> str:
+    """A document's first sentence: the query stand-in when no query log exists."""
+    flat = " ".join(text.split())
+    m = _SENTENCE.match(flat)
+    return (m.group(1) if m else flat)[:300]
+
+
+async def _save(rt: Runtime, tenant: str, name: str, mig: dict[str, Any], status: str | None = None) -> None:
+    mig["updated_at"] = time.time()
+    await asyncio.to_thread(rt.store.set_migration, tenant, name, mig, status)
+
+
+async def start(
+    rt: Runtime, tenant: str, name: str, to_model: str, compensator: str = "auto"
+) -> dict[str, Any]:
+    if compensator not in ("auto", *COMPENSATORS):
+        raise InvalidInput(f"compensator must be auto or one of {COMPENSATORS}", field="compensator")
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    if info.migration and info.migration.get("state") in ACTIVE:
+        raise Conflict(f"collection {name!r} is already migrating", field="to_model")
+    spec = rt.embedder.spec(to_model, field="to_model")
+    if spec.ref == f"{info.model}:{info.version}":
+        raise InvalidInput(f"collection {name!r} already uses {spec.ref}", field="to_model")
+    dims = min(info.dimension, spec.dimension) if spec.allows_dimensions(info.dimension) else spec.dimension
+    phys = await asyncio.to_thread(rt.store.create_physical, tenant, name, spec.name, spec.version, dims)
+    mig = {
+        "id": uuid.uuid4().hex,
+        "state": "sampling",
+        "created_at": time.time(),
+        "source": {"physical": info.physical, "model": info.model, "version": info.version},
+        "target": phys.name,
+        "to": {"model": spec.name, "version": spec.version, "dimension": dims},
+        "compensator": {"requested": compensator},
+        "backfill": {"done": 0, "total": None, "cursor": None},
+    }
+    await _save(rt, tenant, name, mig, "migrating")
+    return mig
+
+
+async def _sample(rt: Runtime, info: CollectionInfo, limit: int) -> tuple[list[str], np.ndarray]:
+    """Up to `limit` documents with text sources and their stored v1 vectors."""
+    texts: list[str] = []
+    vecs: list[list[float]] = []
+    offset = None
+    while len(texts) < limit:
+        page, offset = await asyncio.to_thread(
+            rt.store.scroll,
+            info.tenant,
+            info.name,
+            offset,
+            256,
+            None,
+            True,
+            True,
+            info.migration["source"]["physical"],
+        )
+        for p in page:
+            if p.source and "text" in p.source and p.vector is not None:
+                texts.append(p.source["text"])
+                vecs.append(p.vector)
+        if offset is None:
+            break
+    return texts[:limit], np.asarray(vecs[:limit], dtype=np.float32)
+
+
+async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    mig = dict(info.migration or {})
+    source, to = mig["source"], mig["to"]
+    texts, doc_old = await _sample(rt, info, rt.settings.migration_sample_size)
+    if len(texts) < 20:
+        mig["compensator"].update({"kind": "none", "note": f"only {len(texts)} text documents: no fit"})
+        mig["use_v1"] = True
+        return mig
+    queries = [pseudo_query(t) for t in texts]
+    v1_spec, v2_spec = rt.registry.get(source["model"]), rt.registry.get(to["model"])
+    q_old = (
+        await rt.embedder.embed_texts(
+            source["model"], queries, task=task_for(v1_spec, None), side=Side.query, lane="backfill"
+        )
+    ).vectors
+    q_new = (
+        await rt.embedder.embed_texts(
+            to["model"], queries, task=task_for(v2_spec, None), side=Side.query, lane="backfill"
+        )
+    ).vectors
+    target_info = info.physical_info(mig["target"])
+    docs = [Document(id=str(i), text=t) for i, t in enumerate(texts)]
+    doc_new = np.asarray(
+        [p.vector for p in await embed_documents(rt, info, docs, lane="backfill", physical=target_info.name)],
+        dtype=np.float32,
+    )
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(texts))
+    held = order[: max(10, len(order) // 5)]
+    train = order[len(held) :]
+    requested = mig["compensator"]["requested"]
+    candidates = [c for c in COMPENSATORS if c != "none"] if requested == "auto" else [requested]
+    if requested == "none":
+        candidates = ["none"]
+    result = drift.fit_auto(
+        drift.Pairs(q_new[train], q_old[train]),
+        drift.Pairs(q_new[held], q_old[held]),
+        candidates,
+        corpus=drift.Pairs(doc_new, doc_old),
+        relevant=held,
+    )
+    digest = await asyncio.to_thread(rt.blobs.put, result.best.save())
+    mig["compensator"].update(
+        {
+            "kind": result.best.kind,
+            "blob": digest,
+            "report": result.report(),
+            "pairs": {"train": len(train), "heldout": len(held)},
+        }
+    )
+    mig["use_v1"] = bool(result.use_v1)
+    return mig
+
+
+async def backfill(rt: Runtime, tenant: str, name: str, page_size: int = 64) -> None:
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    mig = dict(info.migration or {})
+    source = mig["source"]["physical"]
+    bf = mig["backfill"]
+    total = (await asyncio.to_thread(rt.store.get_collection, tenant, name)).points_count or 0
+    bf["total"] = total
+    started = bf.setdefault("started_at", time.time())
+    while True:
+        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+        if (info.migration or {}).get("state") != "backfilling":
+            return  # cancelled
+        page, nxt = await asyncio.to_thread(
+            rt.store.scroll, tenant, name, bf["cursor"], page_size, None, True, False, source
+        )
+        docs = [
+            Document(id=p.id, text=p.source["text"], payload=p.payload or None)
+            for p in page
+            if p.source and "text" in p.source
+        ]
+        docs += [
+            Document(
+                id=p.id,
+                image=_b64(await asyncio.to_thread(rt.blobs.get, p.source["image"])),
+                payload=p.payload or None,
+            )
+            for p in page
+            if p.source and "image" in p.source
+        ]
+        if docs:
+            points = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
+            await asyncio.to_thread(rt.store.upsert, tenant, name, points, mig["target"])
+            alive = {
+                p.id
+                for p in await asyncio.to_thread(
+                    rt.store.get_points, tenant, name, [d.id for d in docs], False, source
+                )
+            }
+            gone = [d.id for d in docs if d.id not in alive]
+            if gone:  # deleted while this page was in flight: never resurrect
+                await asyncio.to_thread(rt.store.delete_points, tenant, name, gone, None, mig["target"])
+        bf["done"] = bf.get("done", 0) + len(page)
+        bf["cursor"] = nxt
+        elapsed = max(time.time() - started, 1e-6)
+        bf["rate"] = bf["done"] / elapsed
+        bf["eta_s"] = max(total - bf["done"], 0) / bf["rate"] if bf["rate"] else None
+        metrics.MIGRATION_DOCUMENTS.labels(name).inc(len(page))
+        metrics.MIGRATION_PROGRESS.labels(name).set(min(bf["done"] / total, 1.0) if total else 1.0)
+        mig["backfill"] = bf
+        await _save(rt, tenant, name, mig)
+        if nxt is None:
+            return
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+async def cutover(rt: Runtime, tenant: str, name: str) -> None:
+    """Switch when the target holds every live document (re-backfilling any stragglers first)."""
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    mig = dict(info.migration or {})
+    source_ids = {
+        i
+        for page in await asyncio.to_thread(
+            lambda: list(rt.store.scroll_ids(tenant, name, mig["source"]["physical"]))
+        )
+        for i in page
+    }
+    target_ids = {
+        i
+        for page in await asyncio.to_thread(lambda: list(rt.store.scroll_ids(tenant, name, mig["target"])))
+        for i in page
+    }
+    extra = sorted(target_ids - source_ids)
+    if extra:
+        await asyncio.to_thread(rt.store.delete_points, tenant, name, extra, None, mig["target"])
+    missing = sorted(source_ids - target_ids)
+    if missing:
+        points = await asyncio.to_thread(
+            rt.store.get_points, tenant, name, missing, False, mig["source"]["physical"]
+        )
+        docs = [
+            Document(id=p.id, text=p.source["text"], payload=p.payload or None)
+            for p in points
+            if p.source and "text" in p.source
+        ]
+        if docs:
+            vecs = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
+            await asyncio.to_thread(rt.store.upsert, tenant, name, vecs, mig["target"])
+    await asyncio.to_thread(rt.store.switch_alias, tenant, name, mig["target"])
+    # writes and deletes during the backfill move the goalposts: at cutover every live document is in
+    mig["backfill"].update(done=len(source_ids), total=len(source_ids), eta_s=0)
+    mig["state"] = "done"
+    mig["cutover_at"] = time.time()
+    metrics.MIGRATION_PROGRESS.labels(name).set(1.0)
+    await _save(rt, tenant, name, mig, "ready")
+
+
+async def run(rt: Runtime, tenant: str, name: str) -> None:
+    """Drive one migration to `done`, recording `failed` with the reason on any error."""
+    try:
+        mig = await fit(rt, tenant, name)
+        mig["state"] = "backfilling"
+        await _save(rt, tenant, name, mig)
+        await backfill(rt, tenant, name)
+        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+        if (info.migration or {}).get("state") != "backfilling":
+            return
+        mig = dict(info.migration or {})
+        mig["state"] = "cutover"
+        await _save(rt, tenant, name, mig)
+        await cutover(rt, tenant, name)
+        await asyncio.sleep(rt.settings.migration_grace_s)
+        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+        if (info.migration or {}).get("state") == "done":
+            await asyncio.to_thread(rt.store.drop_physical, tenant, name, mig["source"]["physical"])
+            mig = dict(info.migration or {})
+            mig["source_dropped"] = True
+            await _save(rt, tenant, name, mig)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+        mig = dict(info.migration or {})
+        mig["state"], mig["error"] = "failed", str(exc)[:500]
+        await _save(rt, tenant, name, mig, "ready")
+
+
+async def cancel(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    mig = dict(info.migration or {})
+    if mig.get("state") not in ACTIVE:
+        raise Conflict(f"collection {name!r} has no migration in progress", field="name")
+    mig["state"] = "cancelled"
+    await _save(rt, tenant, name, mig, "ready")
+    await asyncio.to_thread(rt.store.drop_physical, tenant, name, mig["target"])
+    return mig
+
+
+async def rollback(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    mig = dict(info.migration or {})
+    if mig.get("state") != "done" or mig.get("source_dropped"):
+        raise Conflict("rollback needs a finished migration whose v1 vectors still exist", field="name")
+    await asyncio.to_thread(rt.store.switch_alias, tenant, name, mig["source"]["physical"])
+    mig["state"] = "rolled_back"
+    await _save(rt, tenant, name, mig)
+    return mig
+
+
+def public(mig: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the API shows: no Qdrant names."""
+    if mig is None:
+        return None
+    bf = mig.get("backfill", {})
+    total = bf.get("total")
+    return {
+        "id": mig.get("id"),
+        "state": mig.get("state"),
+        "from": {k: mig["source"][k] for k in ("model", "version")},
+        "to": mig.get("to"),
+        "compensator": {k: v for k, v in mig.get("compensator", {}).items() if k != "blob"},
+        "reads_use_v1": mig.get("use_v1"),
+        "progress": {
+            "done": bf.get("done", 0),
+            "total": total,
+            "ratio": (bf.get("done", 0) / total) if total else None,
+            "rate": bf.get("rate"),
+            "eta_s": bf.get("eta_s"),
+        },
+        "error": mig.get("error"),
+    }
