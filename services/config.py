@@ -44,7 +44,14 @@ class Settings(BaseSettings):
     triton_ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per instance")
     triton_startup_timeout_s: float = 120.0
     triton_timeout_s: float = Field(30.0, description="per-call deadline for a Triton inference")
-    build_target: Literal["cpu", "gpu"] = "cpu"
+    build_target: Literal["cpu", "gpu", "torch-cuda"] = "cpu"
+    encoder_transport: Literal["grpc", "shm"] = Field(
+        "grpc", description="shm: Triton system shared memory, when gateway and Triton share a host"
+    )
+    shm_pool_size: int = Field(4, ge=1, description="shared-memory regions per gateway process")
+    torch_dtype: Literal["float16", "bfloat16"] = "float16"
+    torch_cuda_graphs: bool = True
+    torch_compile: str = Field("none", description="torch.compile mode of the torch-cuda engine; none = off")
 
     # --- batching and admission ----------------------------------------------------------------
     max_batch_tokens: int = Field(8192, ge=1, description="padded tokens per batch sent to Triton")

@@ -31,7 +31,20 @@ class Runtime:
         if settings.triton_url is None:
             raise RuntimeError("triton_url is unset: `embedfleet serve` starts a local Triton and sets it")
         registry = load_registry(settings.registry_path)
-        encoder = TritonEncoder(settings.triton_url, settings.triton_timeout_s, settings.retry_after_s)
+        encoder: TritonEncoder
+        if settings.encoder_transport == "shm":
+            from services.encoders.shm import ShmEncoder
+
+            specs = [registry.get(n) for n in registry.triton_models(settings.models)]
+            encoder = ShmEncoder(
+                settings.triton_url,
+                specs,
+                settings.shm_pool_size,
+                settings.triton_timeout_s,
+                settings.retry_after_s,
+            )
+        else:
+            encoder = TritonEncoder(settings.triton_url, settings.triton_timeout_s, settings.retry_after_s)
         return cls(
             settings=settings,
             registry=registry,

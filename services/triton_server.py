@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -125,7 +126,12 @@ class LocalTriton:
     def env(self) -> dict[str, str]:
         layout = TritonLayout.find()
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(layout.libs), env.get("LD_LIBRARY_PATH")]))
+        # the interpreter's own libdir first: the stub embeds libpython, and extension modules (ssl) need
+        # its symbols from the same build
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            filter(None, [libdir, str(layout.libs), env.get("LD_LIBRARY_PATH")])
+        )
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 

@@ -23,7 +23,16 @@ from trt_build.profiles import text_profile, trtexec_shapes
 from trt_build.triton_config import TEXT_INPUTS, CpuOptions, cpu_config, gpu_config
 
 BUILD_CODE = [
-    Path(__file__).with_name(n) for n in ("build.py", "export.py", "python_model.py", "triton_config.py")
+    Path(__file__).with_name(n)
+    for n in (
+        "build.py",
+        "export.py",
+        "python_model.py",
+        "triton_config.py",
+        "torch_cuda_model.py",
+        "buckets.py",
+        "torch_target.py",
+    )
 ]
 STAMP = ".build.json"
 
@@ -113,13 +122,27 @@ def build(
     )
     digest = _digest([model_dir, *BUILD_CODE], stamp_inputs)
     stamp_path = model_root / STAMP
-    fresh = stamp_path.exists() and onnx_path.exists()
+    fresh = stamp_path.exists() and (onnx_path.exists() or target == "torch-cuda")
     if not force and fresh and json.loads(stamp_path.read_text()).get("digest") == digest:
         report.up_to_date = True
         report.say(f"up to date ({stamp_path}); nothing to do")
         return report
 
     version_dir.mkdir(parents=True, exist_ok=True)
+    if target == "torch-cuda":
+        from trt_build.torch_target import TorchCudaOptions, write_torch_cuda_entry
+
+        torch_opts = TorchCudaOptions(
+            dtype=settings.torch_dtype,
+            cuda_graphs=settings.torch_cuda_graphs,
+            compile_mode=settings.torch_compile,
+        )
+        write_torch_cuda_entry(spec, model_root, model_dir, torch_opts)
+        report.say(f"wrote Triton torch-cuda entry {model_root} (CUDA graphs {torch_opts.cuda_graphs})")
+        stamp_path.write_text(
+            json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True)
+        )
+        return report
     if spec.kind is Kind.image_encoder:
         src = model_dir / "model.onnx"
         shutil.copyfile(src, onnx_path)

@@ -26,7 +26,12 @@ class StartMigration(BaseModel):
 @router.post("/v1/collections/{name}/migrations", status_code=202)
 async def start_migration(name: str, body: StartMigration, fleet: FleetDep, tenant: TenantDep) -> Response:
     mig = await lifecycle.start(fleet.runtime, tenant, name, body.to_model, body.compensator)
-    fleet.spawn(lifecycle.run(fleet.runtime, tenant, name))
+    if fleet.settings.broker_url:
+        from services.worker.celery_app import enqueue_migration_step
+
+        await asyncio.to_thread(enqueue_migration_step, fleet.settings, tenant, name)
+    else:
+        fleet.spawn(lifecycle.run_inprocess(fleet.runtime, tenant, name))
     return json_response(lifecycle.public(mig), 202)
 
 

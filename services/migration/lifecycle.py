@@ -17,6 +17,7 @@ State lives in the collection's metadata slot (Qdrant), so every gateway replica
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services import metrics
-from services.errors import Conflict, InvalidInput
+from services.errors import Conflict, EncoderUnavailable, InvalidInput, Overloaded
 from services.indexing import Document, embed_documents, task_for
 from services.migration import drift
 from services.registry import Side
@@ -34,6 +35,7 @@ from services.store import CollectionInfo
 if TYPE_CHECKING:
     from services.runtime import Runtime
 
+log = logging.getLogger("embedfleet.migration")
 ACTIVE = ("sampling", "backfilling", "cutover")
 COMPENSATORS = ("none", "mean", "kernel", "procrustes", "linear", "mlp")
 _SENTENCE = re.compile(r"(.+?[.!?])(\s|$)")
@@ -159,58 +161,60 @@ async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
     return mig
 
 
-async def backfill(rt: Runtime, tenant: str, name: str, page_size: int = 64) -> None:
+async def backfill_page(rt: Runtime, tenant: str, name: str, page_size: int = 64) -> bool:
+    """Re-embed one page of the source into the target; True while pages remain. Idempotent: the cursor
+    is saved after the page's points, so a redelivered step redoes at most one page (same ids)."""
     info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
     mig = dict(info.migration or {})
     source = mig["source"]["physical"]
     bf = mig["backfill"]
-    total = (await asyncio.to_thread(rt.store.get_collection, tenant, name)).points_count or 0
-    bf["total"] = total
-    started = bf.setdefault("started_at", time.time())
-    while True:
-        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
-        if (info.migration or {}).get("state") != "backfilling":
-            return  # cancelled
-        page, nxt = await asyncio.to_thread(
-            rt.store.scroll, tenant, name, bf["cursor"], page_size, None, True, False, source
+    if bf.get("total") is None:
+        bf["total"] = info.points_count or 0
+        bf["started_at"] = time.time()
+    total = bf["total"]
+    page, nxt = await asyncio.to_thread(
+        rt.store.scroll, tenant, name, bf["cursor"], page_size, None, True, False, source
+    )
+    docs = [
+        Document(id=p.id, text=p.source["text"], payload=p.payload or None)
+        for p in page
+        if p.source and "text" in p.source
+    ]
+    docs += [
+        Document(
+            id=p.id,
+            image=_b64(await asyncio.to_thread(rt.blobs.get, p.source["image"])),
+            payload=p.payload or None,
         )
-        docs = [
-            Document(id=p.id, text=p.source["text"], payload=p.payload or None)
-            for p in page
-            if p.source and "text" in p.source
-        ]
-        docs += [
-            Document(
-                id=p.id,
-                image=_b64(await asyncio.to_thread(rt.blobs.get, p.source["image"])),
-                payload=p.payload or None,
+        for p in page
+        if p.source and "image" in p.source
+    ]
+    if docs:
+        points = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
+        await asyncio.to_thread(rt.store.upsert, tenant, name, points, mig["target"])
+        alive = {
+            p.id
+            for p in await asyncio.to_thread(
+                rt.store.get_points, tenant, name, [d.id for d in docs], False, source
             )
-            for p in page
-            if p.source and "image" in p.source
-        ]
-        if docs:
-            points = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
-            await asyncio.to_thread(rt.store.upsert, tenant, name, points, mig["target"])
-            alive = {
-                p.id
-                for p in await asyncio.to_thread(
-                    rt.store.get_points, tenant, name, [d.id for d in docs], False, source
-                )
-            }
-            gone = [d.id for d in docs if d.id not in alive]
-            if gone:  # deleted while this page was in flight: never resurrect
-                await asyncio.to_thread(rt.store.delete_points, tenant, name, gone, None, mig["target"])
-        bf["done"] = bf.get("done", 0) + len(page)
-        bf["cursor"] = nxt
-        elapsed = max(time.time() - started, 1e-6)
-        bf["rate"] = bf["done"] / elapsed
-        bf["eta_s"] = max(total - bf["done"], 0) / bf["rate"] if bf["rate"] else None
-        metrics.MIGRATION_DOCUMENTS.labels(name).inc(len(page))
-        metrics.MIGRATION_PROGRESS.labels(name).set(min(bf["done"] / total, 1.0) if total else 1.0)
-        mig["backfill"] = bf
-        await _save(rt, tenant, name, mig)
-        if nxt is None:
-            return
+        }
+        gone = [d.id for d in docs if d.id not in alive]
+        if gone:  # deleted while this page was in flight: never resurrect
+            await asyncio.to_thread(rt.store.delete_points, tenant, name, gone, None, mig["target"])
+    bf["done"] = bf.get("done", 0) + len(page)
+    bf["cursor"] = nxt
+    elapsed = max(time.time() - bf["started_at"], 1e-6)
+    bf["rate"] = bf["done"] / elapsed
+    bf["eta_s"] = max(total - bf["done"], 0) / bf["rate"] if bf["rate"] else None
+    metrics.MIGRATION_DOCUMENTS.labels(name).inc(len(page))
+    metrics.MIGRATION_PROGRESS.labels(name).set(min(bf["done"] / total, 1.0) if total else 1.0)
+    mig["backfill"] = bf
+    current = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    if (current.migration or {}).get("state") != "backfilling":
+        return False  # cancelled meanwhile: do not overwrite its state
+    await _save(rt, tenant, name, mig)
+    log.info("migration %s/%s backfill %d/%d", tenant, name, bf["done"], total)
+    return nxt is not None
 
 
 def _b64(data: bytes) -> str:
@@ -258,36 +262,66 @@ async def cutover(rt: Runtime, tenant: str, name: str) -> None:
     mig["cutover_at"] = time.time()
     metrics.MIGRATION_PROGRESS.labels(name).set(1.0)
     await _save(rt, tenant, name, mig, "ready")
+    log.info("migration %s/%s cutover complete: alias on %s", tenant, name, mig["to"]["model"])
 
 
-async def run(rt: Runtime, tenant: str, name: str) -> None:
-    """Drive one migration to `done`, recording `failed` with the reason on any error."""
+async def step(rt: Runtime, tenant: str, name: str) -> float | None:
+    """Advance one migration by one unit of work; the delay before the next step, or None when finished.
+
+    The unit is small (a fit, one backfill page, the cutover, the grace-period drop) and resumable from
+    the persisted state, so the same steps run in-process or as Celery tasks that a SIGKILL may repeat.
+    Transient encoder errors propagate (the caller retries); anything else fails the migration.
+    """
+    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    mig = dict(info.migration or {})
+    state = mig.get("state")
     try:
-        mig = await fit(rt, tenant, name)
-        mig["state"] = "backfilling"
-        await _save(rt, tenant, name, mig)
-        await backfill(rt, tenant, name)
-        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
-        if (info.migration or {}).get("state") != "backfilling":
-            return
-        mig = dict(info.migration or {})
-        mig["state"] = "cutover"
-        await _save(rt, tenant, name, mig)
-        await cutover(rt, tenant, name)
-        await asyncio.sleep(rt.settings.migration_grace_s)
-        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
-        if (info.migration or {}).get("state") == "done":
-            await asyncio.to_thread(rt.store.drop_physical, tenant, name, mig["source"]["physical"])
+        if state == "sampling":
+            mig = await fit(rt, tenant, name)
+            mig["state"] = "backfilling"
+            await _save(rt, tenant, name, mig)
+            return 0.0
+        if state == "backfilling":
+            if await backfill_page(rt, tenant, name):
+                return 0.0
+            info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
             mig = dict(info.migration or {})
+            if mig.get("state") == "backfilling":
+                mig["state"] = "cutover"
+                await _save(rt, tenant, name, mig)
+            return 0.0
+        if state == "cutover":
+            await cutover(rt, tenant, name)
+            return rt.settings.migration_grace_s
+        if state == "done" and not mig.get("source_dropped"):
+            left = mig["cutover_at"] + rt.settings.migration_grace_s - time.time()
+            if left > 0:
+                return left
+            await asyncio.to_thread(rt.store.drop_physical, tenant, name, mig["source"]["physical"])
             mig["source_dropped"] = True
             await _save(rt, tenant, name, mig)
-    except asyncio.CancelledError:
+        return None
+    except (EncoderUnavailable, Overloaded):
         raise
     except Exception as exc:
-        info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
-        mig = dict(info.migration or {})
         mig["state"], mig["error"] = "failed", str(exc)[:500]
         await _save(rt, tenant, name, mig, "ready")
+        return None
+
+
+async def run_inprocess(rt: Runtime, tenant: str, name: str) -> None:
+    """The embedded default: the same steps, in the gateway's own event loop."""
+    attempt = 0
+    while True:
+        try:
+            delay = await step(rt, tenant, name)
+            attempt = 0
+        except (EncoderUnavailable, Overloaded):
+            attempt += 1
+            delay = min(2.0**attempt, 30.0)
+        if delay is None:
+            return
+        await asyncio.sleep(delay)
 
 
 async def cancel(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embedfleet.worker")
 INDEX_CHUNK = "embedfleet.index_chunk"
+MIGRATION_STEP = "embedfleet.migration_step"
 QUEUE = "embedfleet"
 
 
@@ -50,6 +51,15 @@ def make_celery(settings: Settings) -> Celery:
         max_retries=20,
     )(index_chunk)
     return app
+
+
+def enqueue_migration_step(settings: Settings, tenant: str, name: str, countdown: float = 0.0) -> None:
+    """Schedule the next step; countdowns are capped below the visibility timeout so a delayed message
+    is not redelivered while it waits (the step itself re-checks the clock)."""
+    cap = settings.job_visibility_timeout_s / 2
+    make_celery(settings).send_task(
+        MIGRATION_STEP, args=[tenant, name], queue=QUEUE, countdown=min(countdown, cap)
+    )
 
 
 def enqueue_job(settings: Settings, job: Job) -> None:
@@ -89,6 +99,15 @@ def index_chunk(task: object, job_id: str, index: int) -> None:
 
     rt, loop = _runtime()
     loop.run_until_complete(run_chunk(rt, job_id, index))
+
+
+def migration_step(task: object, tenant: str, name: str) -> None:
+    from services.migration.lifecycle import step
+
+    rt, loop = _runtime()
+    delay = loop.run_until_complete(step(rt, tenant, name))
+    if delay is not None:
+        enqueue_migration_step(rt.settings, tenant, name, delay)
 
 
 def main(settings: Settings, concurrency: int = 1) -> None:

@@ -192,7 +192,9 @@ def test_tenants_are_isolated(settings: Settings, triton) -> None:  # type: igno
         gw.stop()
 
 
-def start_worker(settings: Settings, redis: Redis, triton_url: str, data_dir, log) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+def start_worker(
+    settings: Settings, redis: Redis, triton_url: str, data_dir, log, extra=None
+) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
     env = {
         **os.environ,
         "EMBEDFLEET_BROKER_URL": redis.url,
@@ -205,6 +207,7 @@ def start_worker(settings: Settings, redis: Redis, triton_url: str, data_dir, lo
         "EMBEDFLEET_WORKER_METRICS_PORT": "0",
         "EMBEDFLEET_LOG_LEVEL": "warning",
     }
+    env.update(extra or {})
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "worker"],
         env=env,

@@ -130,3 +130,74 @@ def test_live_migration_with_writers_readers_and_rollback(gateway: Gateway) -> N
     assert (
         call(gateway, "POST", "/v1/collections/mig/search", json={"query": {"text": "x"}}).status_code == 200
     )
+
+
+@pytest.mark.timeout(600)
+def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
+    settings,
+    triton,
+    redis_server,
+    workdir,  # type: ignore[no-untyped-def]
+) -> None:
+    """The migration steps run as Celery tasks; the worker (main process and pool child) is SIGKILLed
+    mid-backfill and restarted. Local-mode Qdrant is owned by one process, so the worker owns it while
+    it runs and this test reads it only before and after (concurrent writers/readers need a Qdrant server
+    and are covered in-process above)."""
+    import asyncio
+    import os
+    import signal
+
+    from services.indexing import Document, index_documents
+    from services.migration import lifecycle
+    from services.runtime import Runtime
+    from services.store import VectorStore
+    from services.worker.celery_app import enqueue_migration_step
+    from tests.integration.test_collections import start_worker
+
+    data_dir = settings.data_dir / "celery-mig"
+    own = settings.model_copy(
+        update={"data_dir": data_dir, "broker_url": redis_server.url, "triton_url": triton.ports.grpc_url}
+    )
+    docs = stdlib_docs()[2400:2700]
+
+    async def setup() -> None:
+        rt = Runtime.build(own)
+        try:
+            rt.store.create_collection("t", "c", "all-minilm-l6-v2", "1", 384)
+            for i in range(0, len(docs), 100):
+                await index_documents(
+                    rt, "t", "c", [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
+                )
+            await lifecycle.start(rt, "t", "c", "minilm-e5")
+        finally:
+            await rt.close()
+
+    asyncio.run(setup())
+    enqueue_migration_step(own, "t", "c")
+    log = data_dir / "worker.log"
+    env_models = {"EMBEDFLEET_MODELS": "all-minilm-l6-v2,minilm-e5", "EMBEDFLEET_LOG_LEVEL": "info"}
+    worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log, env_models)
+    try:
+        deadline = time.monotonic() + 240
+        while "backfill 128/" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "backfill 128/" in log.read_text(), log.read_text()[-3000:]
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log, env_models)
+        deadline = time.monotonic() + 300
+        while "cutover complete" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "cutover complete" in log.read_text(), log.read_text()[-3000:]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    store = VectorStore.from_settings(own)
+    try:
+        info = store.get_collection("t", "c")
+        assert info.model == "minilm-e5" and info.migration["state"] == "done"
+        assert info.migration["backfill"]["done"] == info.migration["backfill"]["total"] == len(docs)
+        ids = [i for page in store.scroll_ids("t", "c") for i in page]
+        assert sorted(ids) == sorted(d.id for d in docs)
+    finally:
+        store.close()
