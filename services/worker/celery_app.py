@@ -42,14 +42,14 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         worker_hijack_root_logger=False,
     )
-    app.task(
-        name=INDEX_CHUNK,
-        bind=True,
-        autoretry_for=(EncoderUnavailable, Overloaded),
-        retry_backoff=True,
-        retry_backoff_max=60,
-        max_retries=20,
-    )(index_chunk)
+    retry = {
+        "bind": True,
+        "autoretry_for": (EncoderUnavailable, Overloaded),
+        "retry_backoff": True,
+        "retry_backoff_max": 60,
+    }
+    app.task(name=INDEX_CHUNK, max_retries=20, **retry)(index_chunk)
+    app.task(name=MIGRATION_STEP, max_retries=None, **retry)(migration_step)
     return app
 
 
