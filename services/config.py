@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue_inputs: int = Field(4096, ge=1, description="queued inputs per model before 429")
-    inflight_batches: int = Field(2, ge=1, description="batches in flight to Triton per model")
+    inflight_batches: int = Field(
+        1, ge=1, description="batches in flight to Triton per model (1 on CPU: the next batch keeps filling)"
+    )
     retry_after_s: int = Field(1, ge=1)
 
     # --- payload limits ------------------------------------------------------------------------

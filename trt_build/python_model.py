@@ -16,6 +16,8 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 MAX_ROWS_PER_RUN = 64
+MIN_ROWS_PER_RUN = 8  # below this, per-call overhead outweighs the padding a split would save
+MAX_PAD_RATIO = 1.5  # start a new run when the longest row is this much longer than the next one
 
 
 class TritonPythonModel:
@@ -27,7 +29,9 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "1"))
+        # spinning threads burn the cores the gateway and the stub need between runs (measured: 401 -> 437
+        # sentences/s for Triton alone on 2 cores with spinning off)
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0"))
         self.session = ort.InferenceSession(
             os.path.join(version_dir, params.get("onnx_file", "model.onnx")),
             sess_options=options,
@@ -59,7 +63,13 @@ class TritonPythonModel:
         start = 0
         while start < total:
             longest = max(int(lengths[order[start]]), 1)
-            rows = max(1, min(MAX_ROWS_PER_RUN, self.max_tokens // longest, total - start))
+            limit = max(1, min(MAX_ROWS_PER_RUN, self.max_tokens // longest, total - start))
+            rows = 1
+            # rows are sorted longest first: stop before one would pad by more than MAX_PAD_RATIO
+            while rows < limit and (
+                rows < MIN_ROWS_PER_RUN or longest <= MAX_PAD_RATIO * lengths[order[start + rows]]
+            ):
+                rows += 1
             idx = order[start : start + rows]
             emb = self._run({"input_ids": ids_all[idx, :longest], "attention_mask": mask_all[idx, :longest]})
             if out is None:
