@@ -18,7 +18,7 @@ import numpy as np
 from services.config import Settings
 from services.registry import Kind, ModelSpec, Registry
 from trt_build import engine as trt_engine
-from trt_build.parity import PARITY_SENTENCES, ParityReport, compare, reference_embeddings
+from trt_build.parity import MIN_COSINE, PARITY_SENTENCES, ParityReport, compare, reference_embeddings
 from trt_build.profiles import text_profile, trtexec_shapes
 from trt_build.triton_config import TEXT_INPUTS, CpuOptions, cpu_config, gpu_config
 
@@ -32,6 +32,7 @@ BUILD_CODE = [
         "torch_cuda_model.py",
         "buckets.py",
         "torch_target.py",
+        "towers.py",
     )
 ]
 STAMP = ".build.json"
@@ -60,7 +61,9 @@ def _digest(paths: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
-def _model_dir(spec: ModelSpec, settings: Settings) -> Path:
+def _model_dir(spec: ModelSpec, settings: Settings) -> Path | None:
+    if spec.source.type == "random-init":
+        return None  # built from its transformers config: nothing on disk
     if spec.source.type == "split-zip":
         from trt_build.weights import materialize
 
@@ -120,7 +123,7 @@ def build(
     stamp_inputs = json.dumps(
         {"spec": spec.model_dump(mode="json"), "target": target, "opts": opts.__dict__}, sort_keys=True
     )
-    digest = _digest([model_dir, *BUILD_CODE], stamp_inputs)
+    digest = _digest([p for p in (model_dir, *BUILD_CODE) if p is not None], stamp_inputs)
     stamp_path = model_root / STAMP
     fresh = stamp_path.exists() and (onnx_path.exists() or target == "torch-cuda")
     if not force and fresh and json.loads(stamp_path.read_text()).get("digest") == digest:
@@ -143,13 +146,26 @@ def build(
             json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True)
         )
         return report
-    if spec.kind is Kind.image_encoder:
+    if spec.source.type == "random-init":
+        from trt_build.towers import export_tower
+
+        figures = export_tower(spec, onnx_path)
+        report.figures["parity_onnx"] = figures
+        report.say(
+            f"exported random-init {spec.source.architecture} tower {onnx_path} "
+            f"({figures['onnx_mb']:.0f} MB, min cosine vs torch {figures['min_cosine']:.7f})"
+        )
+        if figures["min_cosine"] < MIN_COSINE:
+            raise RuntimeError(f"{spec.name}: ONNX parity {figures['min_cosine']:.7f} < {MIN_COSINE}")
+    elif spec.kind is Kind.image_encoder:
+        assert model_dir is not None
         src = model_dir / "model.onnx"
         shutil.copyfile(src, onnx_path)
         report.say(f"copied image tower {src} -> {onnx_path}")
     else:
         from trt_build.export import export_onnx
 
+        assert model_dir is not None
         started = time.perf_counter()
         figures = export_onnx(spec, model_dir, onnx_path)
         report.figures.update(figures)

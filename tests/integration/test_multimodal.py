@@ -192,3 +192,31 @@ def test_url_fetching_refuses_loopback_even_when_allowlisted(settings, triton) -
             assert "address" in r.json()["error"]["message"]
     finally:
         gw.stop()
+
+
+def rss_mb(pid: int) -> float:
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_bad_media_keeps_memory_bounded(mm_gateway: Gateway) -> None:
+    """Bombs are refused from their header, before any pixel buffer exists: repeated attempts must not
+    grow the gateway's resident memory (a full decode of 100k x 100k RGB would need 30 GB)."""
+    bad = [
+        {"image": b64(tiny_png_header(100_000, 100_000))},
+        {"image": b64(tiny_png_header(40_000, 40_000))},
+        {"image": b64(png(held_out_items()[0].image)[:60])},
+        {"video": b64(b"\x00\x01garbage" * 1000)},
+    ]
+    embed(mm_gateway, [bad[0]])  # warm-up: first-use imports and pools
+    before = rss_mb(mm_gateway.proc.pid)
+    for _ in range(10):
+        for item in bad:
+            assert 400 <= embed(mm_gateway, [item]).status_code < 500
+    growth = rss_mb(mm_gateway.proc.pid) - before
+    assert growth < 100, f"gateway RSS grew {growth:.0f} MB on rejected media"
+    assert httpx.get(f"{mm_gateway.base_url}/healthz").status_code == 200
