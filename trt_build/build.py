@@ -67,7 +67,7 @@ def _model_dir(spec: ModelSpec, settings: Settings) -> Path | None:
     if spec.source.type == "split-zip":
         from trt_build.weights import materialize
 
-        return materialize(spec, settings.data_dir / "models")
+        return materialize(spec)  # where ModelSpec.source_dir() (and so the tokenizer) looks
     return spec.source_dir()
 
 
