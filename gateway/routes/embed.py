@@ -8,7 +8,7 @@ from starlette.responses import Response
 from gateway.deps import FleetDep, TenantDep, until_disconnect
 from gateway.routes.embeddings import json_response
 from gateway.schemas.native import EmbedRequest
-from services.multimodal import Item, embed_items
+from services.multimodal import Item, ItemResult, embed_items
 from services.vectors import to_base64
 
 router = APIRouter(tags=["native"])
@@ -36,15 +36,8 @@ async def embed(body: EmbedRequest, request: Request, fleet: FleetDep, _tenant: 
             ),
         )
         template = result.template
-        data = [
-            {
-                "index": i,
-                "kind": "text",
-                "embedding": encode(v),
-                "tokens": result.tokens[i],
-                "truncated": result.truncated[i],
-            }
-            for i, v in enumerate(result.vectors)
+        results = [
+            ItemResult(v, "text", result.tokens[i], result.truncated[i]) for i, v in enumerate(result.vectors)
         ]
     else:
         items = [Item(i.text, i.image, i.video) for i in body.inputs]
@@ -61,19 +54,19 @@ async def embed(body: EmbedRequest, request: Request, fleet: FleetDep, _tenant: 
                 truncate=body.truncate,
             ),
         )
-        data = []
-        for i, r in enumerate(results):
-            entry = {
-                "index": i,
-                "kind": r.kind,
-                "embedding": encode(r.vector),
-                "tokens": r.tokens,
-                "truncated": r.truncated,
-            }
-            if r.timestamps is not None:
-                entry["frame_timestamps_s"] = r.timestamps
-            data.append(entry)
-    tokens = sum(int(d["tokens"]) for d in data)  # type: ignore[call-overload]
+    data = []
+    for i, r in enumerate(results):
+        entry = {
+            "index": i,
+            "kind": r.kind,
+            "embedding": encode(r.vector),
+            "tokens": r.tokens,
+            "truncated": r.truncated,
+        }
+        if r.timestamps is not None:
+            entry["frame_timestamps_s"] = r.timestamps
+        data.append(entry)
+    tokens = sum(r.tokens for r in results)
     return json_response(
         {
             "object": "list",
