@@ -185,10 +185,10 @@ def alerts() -> list[Alert]:
         ),
         Alert(
             "EmbedfleetMigrationStalled",
-            "sum by (namespace, collection) (rate(embedfleet_migration_documents_total[15m])) "
-            "and on (namespace, collection) "
+            # the signal has data whenever a migration ran; "unfinished" belongs to the condition
+            "sum by (namespace, collection) (rate(embedfleet_migration_documents_total[15m]))",
+            "== 0 and on (namespace, collection) "
             "(max by (namespace, collection) (embedfleet_migration_progress_ratio) < 1)",
-            "== 0",
             "15m",
             "warning",
             "Migration of {{ $labels.collection }} has made no progress for 15 minutes",
@@ -553,10 +553,11 @@ def _dashboards() -> dict[str, tuple[str, list[Panel]]]:
                     "Migration ETA",
                     [
                         (
+                            # 0 once done; very large while stalled (rate clamped, not filtered out)
                             f"(1 - max by (collection) "
                             f"({progress})) / "
-                            f"(max by (collection) (deriv("
-                            f"{progress}[15m])) > 0)",
+                            f"clamp_min(max by (collection) (deriv("
+                            f"{progress}[15m])), 1e-9)",
                             "{{collection}}",
                         )
                     ],
