@@ -11,6 +11,7 @@ before and after the served runs (this machine's speed drifts), and the ratio us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,30 @@ def wait_ready(url: str, timeout: float = 180) -> None:
     raise TimeoutError(f"gateway at {url} not ready")
 
 
+@contextlib.contextmanager
+def serving(env: dict[str, str], timeout: float = 300) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`embedfleet serve` (gateway + local Triton) on a free loopback port; stopped on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full = {**os.environ, "EMBEDFLEET_HOST": "127.0.0.1", "EMBEDFLEET_PORT": str(port), **env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve"],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(url, timeout)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def load(
     url: str, texts_file: str, clients: int, batch: int, requests: int, seconds: float
 ) -> dict[str, object]:
@@ -104,26 +130,12 @@ def main() -> None:
     texts = sentences(a.n)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(texts, f)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, EMBEDFLEET_PORT=str(port), EMBEDFLEET_CACHE_BACKEND="none")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_ready(url)
+    with serving({"EMBEDFLEET_CACHE_BACKEND": "none"}) as (url, _):
         load(url, f.name, 16, 4, 200, 10)  # warm-up
         raw_before = raw_ort(texts)
         single = load(url, f.name, 64, 1, a.n * 2, a.seconds)
         multi = load(url, f.name, 16, 16, a.n, a.seconds)
         raw_after = raw_ort(texts)
-    finally:
-        server.terminate()
-        server.wait(30)
     raw_best = float(np.mean([max(raw_before.values()), max(raw_after.values())]))
     result = {
         "machine": {

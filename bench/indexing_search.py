@@ -23,16 +23,13 @@ The data directory lives on tmpfs (/dev/shm) so that prefilling 110k points take
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +37,11 @@ import httpx
 import numpy as np
 
 from bench.corpus import stdlib_docs
-from bench.gateway_throughput import wait_ready
+from bench.gateway_throughput import serving
 from services.config import get_settings
 from services.index_cli import add_parser, run_index
 from services.registry import load_registry
 from services.store import VectorStore
-from services.triton_server import free_port
 
 TENANT = "public"  # the tenant of an open (no API keys) gateway
 MODEL = "all-minilm-l6-v2"
@@ -70,30 +66,6 @@ def machine() -> dict[str, object]:
         "loadavg_at_start": os.getloadavg(),
         "note": "shared machine: other jobs were running; numbers are indicative, not a clean baseline",
     }
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str], timeout: float = 300) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`embedfleet serve` (gateway + local Triton) on a free loopback port; stopped on exit."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    full = {**os.environ, "EMBEDFLEET_HOST": "127.0.0.1", "EMBEDFLEET_PORT": str(port), **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve"],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_ready(url, timeout)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -29,7 +29,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.indexing_search import machine, percentiles, rss_mb, serving
+from bench.gateway_throughput import serving
+from bench.indexing_search import machine, percentiles, rss_mb
 from services.config import Settings, get_settings
 from services.media.images import decode_image
 from services.media.video import decode_video

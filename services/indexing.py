@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from services.runtime import Runtime
 
 DOC_TASK = "retrieval"
+MIGRATING = ("sampling", "backfilling", "cutover")  # writes go to both physical collections
 
 
 class Document(BaseModel):
@@ -118,10 +119,6 @@ def write_targets(info: CollectionInfo) -> list[str]:
     targets = [info.physical]
     migration = info.migration or {}
     target = migration.get("target")
-    if (
-        migration.get("state") in {"sampling", "backfilling", "cutover"}
-        and target
-        and target != info.physical
-    ):
+    if migration.get("state") in MIGRATING and target and target != info.physical:
         targets.append(target)
     return targets

@@ -17,6 +17,7 @@ State lives in the collection's metadata slot (Qdrant), so every gateway replica
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import time
@@ -27,16 +28,16 @@ import numpy as np
 
 from services import metrics
 from services.errors import Conflict, EncoderUnavailable, InvalidInput, Overloaded
-from services.indexing import Document, embed_documents, task_for
+from services.indexing import MIGRATING, Document, embed_documents, task_for
 from services.migration import drift
 from services.registry import Side
-from services.store import CollectionInfo
+from services.store import CollectionInfo, StoredPoint
 
 if TYPE_CHECKING:
     from services.runtime import Runtime
 
 log = logging.getLogger("embedfleet.migration")
-ACTIVE = ("sampling", "backfilling", "cutover")
+ACTIVE = MIGRATING
 COMPENSATORS = ("none", "mean", "kernel", "procrustes", "linear", "mlp")
 _SENTENCE = re.compile(r"(.+?[.!?])(\s|$)")
 
@@ -175,20 +176,7 @@ async def backfill_page(rt: Runtime, tenant: str, name: str, page_size: int = 64
     page, nxt = await asyncio.to_thread(
         rt.store.scroll, tenant, name, bf["cursor"], page_size, None, True, False, source
     )
-    docs = [
-        Document(id=p.id, text=p.source["text"], payload=p.payload or None)
-        for p in page
-        if p.source and "text" in p.source
-    ]
-    docs += [
-        Document(
-            id=p.id,
-            image=_b64(await asyncio.to_thread(rt.blobs.get, p.source["image"])),
-            payload=p.payload or None,
-        )
-        for p in page
-        if p.source and "image" in p.source
-    ]
+    docs = await source_documents(rt, page)
     if docs:
         points = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
         await asyncio.to_thread(rt.store.upsert, tenant, name, points, mig["target"])
@@ -217,10 +205,20 @@ async def backfill_page(rt: Runtime, tenant: str, name: str, page_size: int = 64
     return nxt is not None
 
 
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
+async def source_documents(rt: Runtime, points: list[StoredPoint]) -> list[Document]:
+    """Rebuild documents from the sources stored with their points (text inline, media from the blob
+    store): what both the backfill and the cutover's straggler pass re-embed."""
+    docs = []
+    for p in points:
+        source = p.source or {}
+        payload = p.payload or None
+        if "text" in source:
+            docs.append(Document(id=p.id, text=source["text"], payload=payload))
+        for kind in ("image", "video"):
+            if kind in source:
+                data = await asyncio.to_thread(rt.blobs.get, source[kind])
+                docs.append(Document(id=p.id, payload=payload, **{kind: base64.b64encode(data).decode()}))
+    return docs
 
 
 async def cutover(rt: Runtime, tenant: str, name: str) -> None:
@@ -247,11 +245,7 @@ async def cutover(rt: Runtime, tenant: str, name: str) -> None:
         points = await asyncio.to_thread(
             rt.store.get_points, tenant, name, missing, False, mig["source"]["physical"]
         )
-        docs = [
-            Document(id=p.id, text=p.source["text"], payload=p.payload or None)
-            for p in points
-            if p.source and "text" in p.source
-        ]
+        docs = await source_documents(rt, points)
         if docs:
             vecs = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
             await asyncio.to_thread(rt.store.upsert, tenant, name, vecs, mig["target"])
