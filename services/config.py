@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     job_chunk_size: int = Field(64, ge=1)
     migration_sample_size: int = Field(2000, ge=20, description="documents sampled to fit a compensator")
     migration_grace_s: float = Field(3600.0, ge=0, description="v1 kept after cutover for rollback")
+    query_log_size: int = Field(
+        5000, ge=0, description="query texts kept per opted-in collection (0 = never log, even if opted in)"
+    )
+    query_log_ttl_s: float = Field(30 * 24 * 3600.0, gt=0, description="logged query texts older are dropped")
+    query_log_rate: float = Field(
+        1.0, ge=0, le=1, description="fraction of an opted-in collection's queries logged"
+    )
+    query_log_max_chars: int = Field(1000, ge=1, description="a logged query text is cut to this length")
     worker_metrics_port: int = Field(9100, description="where `embedfleet worker` serves /metrics")
     job_visibility_timeout_s: int = Field(300, ge=10, description="Redis broker redelivery of unacked chunks")
 

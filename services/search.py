@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from services import metrics
+from services import metrics, querylog
 from services.indexing import task_for
 from services.migration import drift
 from services.migration.lifecycle import ACTIVE
@@ -85,6 +85,7 @@ async def search(
     comp_blob = mig.get("compensator", {}).get("blob")
     if query.get("text") is not None:
         text = query["text"] or ""
+        querylog.remember(rt, info, text)
         if migrating and comp_blob and not mig.get("use_v1") and mig.get("state") != "sampling":
             out = await _embed_text(rt, mig["to"]["model"], text, task, None)
             comp = _compensator(rt, comp_blob)

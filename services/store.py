@@ -49,6 +49,7 @@ SOURCE_KEY = "_source"
 SOURCE_KINDS = ("text", "image", "video")
 
 META_COLLECTION = "ef_meta"
+QUERY_LOG_COLLECTION = "ef_querylog"
 ALIAS_PREFIX = "efc_"
 PHYSICAL_PREFIX = "efp_"
 # point ids are uuid5 under this namespace: changing it would duplicate every re-indexed document
@@ -125,6 +126,7 @@ class CollectionInfo:
     indexes: dict[str, str] = field(default_factory=dict)
     migration: dict[str, Any] | None = None
     points_count: int | None = None
+    query_log: bool = False  # opted in to keeping a sample of its query texts (migration fitting only)
 
     @property
     def current(self) -> PhysicalInfo:
@@ -167,6 +169,7 @@ class CollectionInfo:
             "status": self.status,
             "created_at": self.created_at,
             "points_count": self.points_count,
+            "query_log": self.query_log,
         }
 
     def to_payload(self) -> dict[str, Any]:
@@ -180,6 +183,7 @@ class CollectionInfo:
             "status": self.status,
             "indexes": dict(self.indexes),
             "migration": self.migration,
+            "query_log": self.query_log,
         }
 
     @classmethod
@@ -194,6 +198,7 @@ class CollectionInfo:
             status=payload.get("status", "ready"),
             indexes=dict(payload.get("indexes") or {}),
             migration=payload.get("migration"),
+            query_log=bool(payload.get("query_log", False)),
         )
 
 
@@ -457,6 +462,7 @@ class VectorStore:
         distance: str = "cosine",
         on_disk: bool = False,
         quantization: Quantization = "none",
+        query_log: bool = False,
     ) -> CollectionInfo:
         """A new collection with one physical collection behind its alias; 409 if the name is taken."""
         alias = alias_name(tenant, name)
@@ -475,6 +481,7 @@ class VectorStore:
                     physical=phys.name,
                     physicals=(phys,),
                     created_at=phys.created_at,
+                    query_log=query_log,
                 )
                 self._save(info)  # last: the collection exists for readers only once it is complete
             except BaseException:
@@ -521,6 +528,7 @@ class VectorStore:
                     )
                 for phys in info.physicals:
                     self.client.delete_collection(phys.name)
+            self.forget_queries(tenant, name)
 
     def set_migration(
         self, tenant: str, name: str, migration: Mapping[str, Any] | None, status: str | None = None
@@ -535,6 +543,81 @@ class VectorStore:
             )
             self._save(info)
         return info
+
+    # --- query log (texts kept for fitting migrations; no API reads them) -------------------------
+
+    def set_query_log(self, tenant: str, name: str, enabled: bool) -> CollectionInfo:
+        """Opt a collection in or out; opting out forgets what was kept."""
+        with self._admin:
+            info = replace(self._load(tenant, name), query_log=enabled)
+            self._save(info)
+        if not enabled:
+            self.forget_queries(tenant, name)
+        return info
+
+    def _ensure_query_log(self) -> None:
+        with self._io:
+            if self.client.collection_exists(QUERY_LOG_COLLECTION):
+                return
+            try:
+                self.client.create_collection(
+                    QUERY_LOG_COLLECTION, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
+                )
+                self.client.create_payload_index(
+                    QUERY_LOG_COLLECTION, "key", qm.PayloadSchemaType.KEYWORD, wait=True
+                )
+            except Exception:
+                if not self.client.collection_exists(QUERY_LOG_COLLECTION):
+                    raise
+
+    def log_query(self, tenant: str, name: str, slot: int, text: str, at: float) -> None:
+        """Write `text` into one of the collection's slots: a fixed slot space bounds the log by
+        construction (a random slot per query keeps a recency-weighted sample), across replicas."""
+        self._ensure_query_log()
+        point = qm.PointStruct(
+            id=str(uuid.uuid5(ID_NAMESPACE, json.dumps(["query", tenant, name, slot]))),
+            vector=[1.0],
+            payload={"key": _meta_id(tenant, name), "text": text, "at": at},
+        )
+        with self._io:
+            self.client.upsert(QUERY_LOG_COLLECTION, points=[point], wait=False)
+
+    def logged_queries(self, tenant: str, name: str, since: float, limit: int) -> list[str]:
+        """Up to `limit` logged texts of this (tenant, collection) written after `since`; older ones are
+        deleted on the way (the retention limit)."""
+        self._ensure_query_log()
+        key = qm.FieldCondition(key="key", match=qm.MatchValue(value=_meta_id(tenant, name)))
+        stale = qm.Filter(must=[key, qm.FieldCondition(key="at", range=qm.Range(lt=since))])
+        with self._io:
+            self.client.delete(
+                QUERY_LOG_COLLECTION, points_selector=qm.FilterSelector(filter=stale), wait=True
+            )
+        texts: list[str] = []
+        offset: Any = None
+        while len(texts) < limit:
+            with self._io:
+                records, offset = self.client.scroll(
+                    QUERY_LOG_COLLECTION,
+                    scroll_filter=qm.Filter(must=[key]),
+                    limit=min(256, limit - len(texts)),
+                    offset=offset,
+                    with_payload=True,
+                )
+            texts += [r.payload["text"] for r in records if r.payload and r.payload.get("at", 0) >= since]
+            if offset is None:
+                break
+        return texts
+
+    def forget_queries(self, tenant: str, name: str) -> None:
+        with self._io:
+            if not self.client.collection_exists(QUERY_LOG_COLLECTION):
+                return
+            key = qm.FieldCondition(key="key", match=qm.MatchValue(value=_meta_id(tenant, name)))
+            self.client.delete(
+                QUERY_LOG_COLLECTION,
+                points_selector=qm.FilterSelector(filter=qm.Filter(must=[key])),
+                wait=True,
+            )
 
     def ensure_payload_index(self, tenant: str, name: str, field: str, schema: str) -> None:
         """Index a payload field on every physical collection, and on those built later by migrations."""

@@ -9,7 +9,13 @@ from starlette.responses import Response
 
 from gateway.deps import Fleet, FleetDep, TenantDep, until_disconnect
 from gateway.routes.embeddings import json_response
-from gateway.schemas.collections import CreateCollection, DeleteDocuments, Documents, ScrollRequest
+from gateway.schemas.collections import (
+    CreateCollection,
+    DeleteDocuments,
+    Documents,
+    ScrollRequest,
+    UpdateCollection,
+)
 from services.indexing import check_unique, index_documents
 from services.jobs import ACTIVE, create_job, run_inprocess
 
@@ -37,8 +43,21 @@ async def create_collection(body: CreateCollection, fleet: FleetDep, tenant: Ten
         body.distance,
         body.on_disk,
         body.quantization,
+        body.query_log,
     )
     return json_response(describe(fleet, tenant, info), 201)
+
+
+@router.patch("/v1/collections/{name}")
+async def update_collection(
+    name: str, body: UpdateCollection, fleet: FleetDep, tenant: TenantDep
+) -> Response:
+    """Settings a collection may change in place (today: the query-log opt-in)."""
+    store = fleet.runtime.store
+    if body.query_log is not None:
+        await asyncio.to_thread(store.set_query_log, tenant, name, body.query_log)
+    info = await asyncio.to_thread(store.get_collection, tenant, name)
+    return json_response(describe(fleet, tenant, info))
 
 
 @router.get("/v1/collections")

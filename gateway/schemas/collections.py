@@ -18,6 +18,13 @@ class CreateCollection(BaseModel):
     dimensions: int | None = Field(None, ge=1)
     on_disk: bool = False
     quantization: Literal["none", "scalar", "binary"] = "none"
+    query_log: bool = Field(False, description="keep a bounded sample of query texts to fit migrations")
+
+
+class UpdateCollection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query_log: bool | None = Field(None, description="opt in or out; opting out forgets the kept texts")
 
 
 class Documents(BaseModel):

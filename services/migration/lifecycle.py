@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from services import metrics
+from services import metrics, querylog
 from services.errors import Conflict, EncoderUnavailable, InvalidInput, Overloaded
 from services.indexing import MIGRATING, Document, embed_documents, task_for
 from services.migration import drift
@@ -40,6 +40,7 @@ log = logging.getLogger("embedfleet.migration")
 ACTIVE = MIGRATING
 COMPENSATORS = ("none", "mean", "kernel", "procrustes", "linear", "mlp")
 _SENTENCE = re.compile(r"(.+?[.!?])(\s|$)")
+MIN_LOGGED_QUERIES = 50  # fewer logged texts than this are too few to be worth fitting on
 
 
 def pseudo_query(text: str) -> str:
@@ -116,7 +117,14 @@ async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
         mig["compensator"].update({"kind": "none", "note": f"only {len(texts)} text documents: no fit"})
         mig["use_v1"] = True
         return mig
-    queries = [pseudo_query(t) for t in texts]
+    # held-out: labelled pseudo-queries (the document each was cut from); fitted: the other pseudo-queries
+    # plus, when the collection opted in, its logged query texts (never evaluated on)
+    logged = (
+        await querylog.recall(rt, tenant, name, rt.settings.migration_sample_size) if info.query_log else []
+    )
+    if len(logged) < MIN_LOGGED_QUERIES:
+        logged = []
+    queries = [pseudo_query(t) for t in texts] + logged
     v1_spec, v2_spec = rt.registry.get(source["model"]), rt.registry.get(to["model"])
     q_old = (
         await rt.embedder.embed_texts(
@@ -137,7 +145,7 @@ async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(texts))
     held = order[: max(10, len(order) // 5)]
-    train = order[len(held) :]
+    train = np.concatenate([order[len(held) :], np.arange(len(texts), len(queries))])
     requested = mig["compensator"]["requested"]
     candidates = [c for c in COMPENSATORS if c != "none"] if requested == "auto" else [requested]
     if requested == "none":
@@ -155,7 +163,12 @@ async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
             "kind": result.best.kind,
             "blob": digest,
             "report": result.report(),
-            "pairs": {"train": len(train), "heldout": len(held)},
+            "pairs": {
+                "train": len(train),
+                "heldout": len(held),
+                "pseudo_queries": len(texts) - len(held),
+                "logged_queries": len(logged),
+            },
         }
     )
     mig["use_v1"] = bool(result.use_v1)

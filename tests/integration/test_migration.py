@@ -42,7 +42,10 @@ def test_live_migration_with_writers_readers_and_rollback(gateway: Gateway) -> N
     docs = stdlib_docs()[2000:2300]
     assert (
         call(
-            gateway, "POST", "/v1/collections", json={"name": "mig", "model": "all-minilm-l6-v2"}
+            gateway,
+            "POST",
+            "/v1/collections",
+            json={"name": "mig", "model": "all-minilm-l6-v2", "query_log": True},
         ).status_code
         == 201
     )
@@ -51,6 +54,11 @@ def test_live_migration_with_writers_readers_and_rollback(gateway: Gateway) -> N
         assert call(gateway, "PUT", "/v1/collections/mig/documents", json=body).status_code == 200
     live = {d.id for d in docs}
     extra = stdlib_docs()[2300:2400]
+    # traffic before the upgrade: the opted-in collection keeps these texts to fit the compensator on
+    logged = [f"{d.title} (asked)" for d in stdlib_docs()[2500:2580]]
+    for q in logged:
+        res = call(gateway, "POST", "/v1/collections/mig/search", json={"query": {"text": q}})
+        assert res.status_code == 200
 
     r = call(gateway, "POST", "/v1/collections/mig/migrations", json={"to_model": "minilm-e5"})
     assert r.status_code == 202, r.text
@@ -116,6 +124,10 @@ def test_live_migration_with_writers_readers_and_rollback(gateway: Gateway) -> N
     assert paths & {"compensated", "v1_fallback", "merged"}, paths
     report = mig["compensator"]["report"]
     assert report["candidates"] and all("gain" in c for c in report["candidates"])
+    assert mig["compensator"]["pairs"]["logged_queries"] >= 50, mig["compensator"]["pairs"]
+    shown = call(gateway, "GET", "/v1/collections/mig").text + call(gateway, "GET", "/v1/collections").text
+    shown += call(gateway, "GET", "/v1/collections/mig/migrations").text
+    assert not any(q in shown for q in logged)  # counted, never returned
     assert mig["progress"]["ratio"] >= 1.0 or mig["progress"]["done"] >= mig["progress"]["total"]
 
     info = call(gateway, "GET", "/v1/collections/mig").json()
@@ -130,6 +142,10 @@ def test_live_migration_with_writers_readers_and_rollback(gateway: Gateway) -> N
     assert (
         call(gateway, "POST", "/v1/collections/mig/search", json={"query": {"text": "x"}}).status_code == 200
     )
+    off = call(gateway, "PATCH", "/v1/collections/mig", json={"query_log": False})
+    assert off.status_code == 200 and off.json()["query_log"] is False
+    bad = call(gateway, "PATCH", "/v1/collections/mig", json={"query_log": "sometimes"})
+    assert bad.status_code in (400, 422) and "query_log" in bad.text
 
 
 @pytest.mark.timeout(600)
