@@ -8,7 +8,9 @@ processes.
 Packing (after TEI's queue): the oldest rows form a window in arrival order, the window is sorted by
 length, and the first batch is cut from it under `max_batch_tokens` (counting padding: rows x longest)
 and `max_batch_size`; the rest of the window goes back to the front of the queue, so nothing starves.
-Lanes: `online` is always served before `backfill` (re-embedding during model upgrades).
+Lanes: `online` is always served before `backfill` (re-embedding during model upgrades), and `backfill`
+is capped at `backfill_share` of the encoder's time over a sliding window: a backfill batch in flight
+delays the next online batch, so an idle-looking queue must not hand the whole encoder to a backfill.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class Batcher:
         inflight: int = 2,
         retry_after_s: int = 1,
         cost: Callable[[np.ndarray], int] = len,
+        backfill_share: float = 1.0,
+        share_window_s: float = 5.0,
     ) -> None:
         self.model = model
         self.run = run
@@ -88,6 +92,10 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self.backfill_share = backfill_share
+        self.share_window = share_window_s
+        self._backfill_runs: deque[tuple[float, float]] = deque()  # (start, end) of recent backfill batches
+        self._backfill_started: dict[int, float] = {}  # in-flight backfill batches by id
 
     # -- public -----------------------------------------------------------------------------------
     def depth(self, lane: str | None = None) -> int:
@@ -146,11 +154,23 @@ class Batcher:
             queue.extend(kept)
             metrics.QUEUE_DEPTH.labels(self.model, lane).set(len(queue))
 
-    def _lane(self) -> str | None:
-        for lane in LANES:
-            if self.queues[lane]:
-                return lane
-        return None
+    def _lane(self) -> tuple[str | None, float | None]:
+        """(lane to serve next, None) or (None, seconds until the backfill share allows a batch)."""
+        if self.queues["online"]:
+            return "online", None
+        if not self.queues["backfill"]:
+            return None, None
+        over = self.backfill_busy() - self.backfill_share * self.share_window
+        return ("backfill", None) if over < 0 else (None, min(max(over, 0.01), self.share_window))
+
+    def backfill_busy(self) -> float:
+        """Encoder seconds spent on backfill batches in the last window (in-flight ones count so far)."""
+        now = time.perf_counter()
+        since = now - self.share_window
+        while self._backfill_runs and self._backfill_runs[0][1] <= since:
+            self._backfill_runs.popleft()
+        done = sum(end - max(start, since) for start, end in self._backfill_runs)
+        return done + sum(now - max(start, since) for start in self._backfill_started.values())
 
     def _full(self, queue: deque[_Row]) -> bool:
         if len(queue) >= self.max_batch_size:
@@ -160,18 +180,20 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            lane = self._lane()
+            lane, hold = self._lane()
             if lane is None:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if hold is None:
+                    await self._wakeup.wait()
+                else:  # backfill over its share: wake for online work, or when the share frees up
+                    await self._sleep_unless_woken(hold)
                 continue
             queue = self.queues[lane]
             # Let a partial batch fill for up to max_wait after its oldest row arrived.
             wait = queue[0].enqueued + self.max_wait - time.perf_counter()
             if wait > 0 and not self._full(queue):
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                await self._sleep_unless_woken(wait)
                 continue
             await self._slots.acquire()
             batch = self._cut(lane)
@@ -181,6 +203,13 @@ class Batcher:
             task = asyncio.get_running_loop().create_task(self._dispatch(lane, batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+
+    async def _sleep_unless_woken(self, seconds: float) -> None:
+        """Wait for a wakeup or `seconds`. Not `wait_for`: on 3.11 it can swallow a cancellation that races
+        the wakeup, and `close()` would then wait forever for a loop that went back to sleep."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
 
     def _cut(self, lane: str) -> list[_Row]:
         queue = self.queues[lane]
@@ -204,8 +233,10 @@ class Batcher:
         return batch
 
     async def _dispatch(self, lane: str, batch: list[_Row]) -> None:
+        now = time.perf_counter()
+        if lane == "backfill":
+            self._backfill_started[id(batch)] = now
         try:
-            now = time.perf_counter()
             for row in batch:
                 metrics.QUEUE_TIME.labels(self.model).observe(now - row.enqueued)
             metrics.BATCH_SIZE.labels(self.model).observe(len(batch))
@@ -221,6 +252,9 @@ class Batcher:
             for row, vec in zip(batch, vectors, strict=True):
                 row.job.deliver(row.index, vec)
         finally:
+            start = self._backfill_started.pop(id(batch), None)
+            if start is not None:
+                self._backfill_runs.append((start, time.perf_counter()))
             self._slots.release()
             self._wakeup.set()
 

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     async_threshold: int = Field(256, ge=1, description="documents per request above which indexing is a job")
     job_chunk_size: int = Field(64, ge=1)
     migration_sample_size: int = Field(2000, ge=20, description="documents sampled to fit a compensator")
+    backfill_share: float = Field(
+        0.5, gt=0, le=1, description="most of an encoder's time (5 s window) a migration backfill may take"
+    )
     migration_grace_s: float = Field(3600.0, ge=0, description="v1 kept after cutover for rollback")
     query_log_size: int = Field(
         5000, ge=0, description="query texts kept per opted-in collection (0 = never log, even if opted in)"

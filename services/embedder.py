@@ -103,6 +103,7 @@ class Embedder:
                 inflight=s.inflight_batches,
                 retry_after_s=s.retry_after_s,
                 cost=cost,
+                backfill_share=s.backfill_share,
             )
         return b
 

@@ -139,6 +139,33 @@ async def test_online_lane_before_backfill() -> None:
     await b.close()
 
 
+async def test_backfill_is_capped_at_its_share_and_online_never_waits_for_the_cap() -> None:
+    run = Recorder(delay=0.02)
+    b = make(run, max_batch_size=1, max_queue=500, backfill_share=0.25, share_window_s=0.4)
+    back = asyncio.create_task(b.submit(rows(*[3] * 200), lane="backfill"))
+    try:
+        await asyncio.sleep(1.0)
+        done = len(run.batches)
+        # uncapped: ~50 batches of 20 ms in 1 s; capped: ~0.25 s of work plus one window's burst (~0.1 s)
+        assert 6 <= done <= 22, done
+        # the share may be overrun by the one batch that started just under it
+        assert b.backfill_busy() <= 0.25 * 0.4 + 0.02 + 0.03
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(b.submit(rows(4)), 2)
+        assert asyncio.get_running_loop().time() - t0 < 0.15  # at most one backfill batch ahead of it
+    finally:
+        back.cancel()
+        await b.close()
+
+
+async def test_full_share_runs_backfill_back_to_back() -> None:
+    run = Recorder(delay=0.01)
+    b = make(run, max_batch_size=1, backfill_share=1.0, share_window_s=0.4)
+    await b.submit(rows(*[3] * 20), lane="backfill")
+    assert len(run.batches) == 20
+    await b.close()
+
+
 def test_pad_tokens_right_and_left() -> None:
     ids, mask = pad_tokens([np.array([5, 6, 7]), np.array([8])])
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
