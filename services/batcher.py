@@ -8,9 +8,11 @@ processes.
 Packing (after TEI's queue): the oldest rows form a window in arrival order, the window is sorted by
 length, and the first batch is cut from it under `max_batch_tokens` (counting padding: rows x longest)
 and `max_batch_size`; the rest of the window goes back to the front of the queue, so nothing starves.
-Lanes: `online` is always served before `backfill` (re-embedding during model upgrades), and `backfill`
-is capped at `backfill_share` of the encoder's time over a sliding window: a backfill batch in flight
-delays the next online batch, so an idle-looking queue must not hand the whole encoder to a backfill.
+Lanes: `online` is always served before `backfill` (re-embedding during model upgrades). While online
+traffic arrived within the window, `backfill` is also capped at `backfill_share` of the encoder's time
+over a sliding window, in batches cut to that share of a full one: a backfill batch in flight delays the
+next online batch, so a momentarily empty online queue must not hand the encoder to a backfill
+(measured: bench/backfill_share.py).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Batcher:
         self.share_window = share_window_s
         self._backfill_runs: deque[tuple[float, float]] = deque()  # (start, end) of recent backfill batches
         self._backfill_started: dict[int, float] = {}  # in-flight backfill batches by id
+        self._last_online = float("-inf")  # the cap applies only while online traffic is around
 
     # -- public -----------------------------------------------------------------------------------
     def depth(self, lane: str | None = None) -> int:
@@ -116,6 +119,8 @@ class Batcher:
                 retry_after=self.retry_after_s,
             )
         self._ensure_running()
+        if lane == "online":
+            self._last_online = time.perf_counter()
         job = _Job(len(rows), asyncio.get_running_loop().create_future(), remaining=len(rows))
         now = time.perf_counter()
         for i, data in enumerate(rows):
@@ -160,8 +165,13 @@ class Batcher:
             return "online", None
         if not self.queues["backfill"]:
             return None, None
+        if not self._online_recently():
+            return "backfill", None  # nobody to protect: the whole encoder
         over = self.backfill_busy() - self.backfill_share * self.share_window
         return ("backfill", None) if over < 0 else (None, min(max(over, 0.01), self.share_window))
+
+    def _online_recently(self) -> bool:
+        return time.perf_counter() - self._last_online < self.share_window
 
     def backfill_busy(self) -> float:
         """Encoder seconds spent on backfill batches in the last window (in-flight ones count so far)."""
@@ -219,12 +229,15 @@ class Batcher:
             if not row.job.cancelled:
                 window.append(row)
         window_sorted = sorted(window, key=lambda r: r.cost, reverse=True)
+        # a backfill batch is cut to its share of a full one: an online row arriving meanwhile waits for
+        # at most that (head-of-line blocking), not for a full batch of long documents
+        scale = self.backfill_share if lane == "backfill" and self._online_recently() else 1.0
+        max_rows = max(1, int(self.max_batch_size * scale))
+        max_tokens = max(1, int(self.max_batch_tokens * scale))
         batch: list[_Row] = []
         for row in window_sorted:
             longest = batch[0].cost if batch else row.cost
-            if batch and (
-                len(batch) >= self.max_batch_size or longest * (len(batch) + 1) > self.max_batch_tokens
-            ):
+            if batch and (len(batch) >= max_rows or longest * (len(batch) + 1) > max_tokens):
                 break
             batch.append(row)
         taken = {id(r) for r in batch}

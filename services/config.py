@@ -92,7 +92,10 @@ class Settings(BaseSettings):
     job_chunk_size: int = Field(64, ge=1)
     migration_sample_size: int = Field(2000, ge=20, description="documents sampled to fit a compensator")
     backfill_share: float = Field(
-        0.5, gt=0, le=1, description="most of an encoder's time (5 s window) a migration backfill may take"
+        0.25,
+        gt=0,
+        le=1,
+        description="most of an encoder's time (5 s window) a backfill takes beside online work",
     )
     migration_grace_s: float = Field(3600.0, ge=0, description="v1 kept after cutover for rollback")
     query_log_size: int = Field(

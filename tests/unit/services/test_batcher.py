@@ -142,11 +142,19 @@ async def test_online_lane_before_backfill() -> None:
 async def test_backfill_is_capped_at_its_share_and_online_never_waits_for_the_cap() -> None:
     run = Recorder(delay=0.02)
     b = make(run, max_batch_size=1, max_queue=500, backfill_share=0.25, share_window_s=0.4)
+
+    async def trickle() -> None:  # online traffic keeps arriving: the cap applies
+        while True:
+            await b.submit(rows(2))
+            await asyncio.sleep(0.1)
+
+    online = asyncio.create_task(trickle())
+    await asyncio.sleep(0.05)
     back = asyncio.create_task(b.submit(rows(*[3] * 200), lane="backfill"))
     try:
         await asyncio.sleep(1.0)
-        done = len(run.batches)
-        # uncapped: ~50 batches of 20 ms in 1 s; capped: ~0.25 s of work plus one window's burst (~0.1 s)
+        done = sum(1 for batch in run.batches if batch == [3])
+        # uncapped: ~45 batches of 20 ms in 1 s; capped: ~0.25 s of work plus one window's burst (~0.1 s)
         assert 6 <= done <= 22, done
         # the share may be overrun by the one batch that started just under it
         assert b.backfill_busy() <= 0.25 * 0.4 + 0.02 + 0.03
@@ -154,15 +162,18 @@ async def test_backfill_is_capped_at_its_share_and_online_never_waits_for_the_ca
         await asyncio.wait_for(b.submit(rows(4)), 2)
         assert asyncio.get_running_loop().time() - t0 < 0.15  # at most one backfill batch ahead of it
     finally:
+        online.cancel()
         back.cancel()
         await b.close()
 
 
-async def test_full_share_runs_backfill_back_to_back() -> None:
+async def test_without_online_traffic_backfill_takes_the_whole_encoder_in_full_batches() -> None:
     run = Recorder(delay=0.01)
-    b = make(run, max_batch_size=1, backfill_share=1.0, share_window_s=0.4)
-    await b.submit(rows(*[3] * 20), lane="backfill")
-    assert len(run.batches) == 20
+    b = make(run, max_batch_size=4, backfill_share=0.25, share_window_s=0.4)
+    t0 = asyncio.get_running_loop().time()
+    await b.submit(rows(*[3] * 40), lane="backfill")
+    assert asyncio.get_running_loop().time() - t0 < 0.4  # 10 batches of 10 ms, never held
+    assert [len(x) for x in run.batches] == [4] * 10
     await b.close()
 
 
