@@ -412,21 +412,23 @@ class VectorStore:
     # --- metadata ------------------------------------------------------------------------------
 
     def _ensure_meta(self) -> None:
+        self._ensure_table(META_COLLECTION, "tenant")
+
+    def _ensure_table(self, collection: str, key: str) -> None:
+        """A key-value table with a keyword index on `key`; a constant 1-d vector because older servers
+        reject vector-less points."""
         with self._io:
-            if self.client.collection_exists(META_COLLECTION):
+            if self.client.collection_exists(collection):
                 return
             try:
-                # a key-value table; a constant 1-d vector because older servers reject vector-less points
                 self.client.create_collection(
-                    META_COLLECTION, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
+                    collection, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
                 )
             except Exception:
-                if not self.client.collection_exists(META_COLLECTION):  # lost a start-up race: fine
+                if not self.client.collection_exists(collection):  # lost a start-up race: fine
                     raise
                 return
-            self.client.create_payload_index(
-                META_COLLECTION, "tenant", qm.PayloadSchemaType.KEYWORD, wait=True
-            )
+            self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD, wait=True)
 
     def _find(self, tenant: str, name: str) -> CollectionInfo | None:
         validate_name(name)
@@ -555,25 +557,10 @@ class VectorStore:
             self.forget_queries(tenant, name)
         return info
 
-    def _ensure_query_log(self) -> None:
-        with self._io:
-            if self.client.collection_exists(QUERY_LOG_COLLECTION):
-                return
-            try:
-                self.client.create_collection(
-                    QUERY_LOG_COLLECTION, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
-                )
-                self.client.create_payload_index(
-                    QUERY_LOG_COLLECTION, "key", qm.PayloadSchemaType.KEYWORD, wait=True
-                )
-            except Exception:
-                if not self.client.collection_exists(QUERY_LOG_COLLECTION):
-                    raise
-
     def log_query(self, tenant: str, name: str, slot: int, text: str, at: float) -> None:
         """Write `text` into one of the collection's slots: a fixed slot space bounds the log by
         construction (a random slot per query keeps a recency-weighted sample), across replicas."""
-        self._ensure_query_log()
+        self._ensure_table(QUERY_LOG_COLLECTION, "key")
         point = qm.PointStruct(
             id=str(uuid.uuid5(ID_NAMESPACE, json.dumps(["query", tenant, name, slot]))),
             vector=[1.0],
@@ -585,7 +572,7 @@ class VectorStore:
     def logged_queries(self, tenant: str, name: str, since: float, limit: int) -> list[str]:
         """Up to `limit` logged texts of this (tenant, collection) written after `since`; older ones are
         deleted on the way (the retention limit)."""
-        self._ensure_query_log()
+        self._ensure_table(QUERY_LOG_COLLECTION, "key")
         key = qm.FieldCondition(key="key", match=qm.MatchValue(value=_meta_id(tenant, name)))
         stale = qm.Filter(must=[key, qm.FieldCondition(key="at", range=qm.Range(lt=since))])
         with self._io:
