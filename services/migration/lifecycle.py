@@ -3,11 +3,13 @@ rolled_back), with compensated reads on the old index while the backfill runs.
 
 State lives in the collection's metadata slot (Qdrant), so every gateway replica and worker sees it.
 - sampling: both models embed pseudo-queries (first sentences of sampled documents, rendered with the
-  **query** template) and the sampled documents; compensators are fitted on query pairs and scored on a
-  held-out split against the documents' own vectors (MRR@10 with the source document as the label),
-  which also decides the never-worse rule (v1 queries keep answering when no compensator beats them).
+  **query** template), the collection's logged query texts when it opted in (services.querylog) and the
+  sampled documents; compensators are fitted on query pairs and scored on a held-out split against the
+  documents' own vectors (MRR@10 with the source document as the label), which also decides the
+  never-worse rule (v1 queries keep answering when no compensator beats them).
 - backfilling: the source's points are re-embedded with v2 into a new physical collection, page by page
-  with a persisted cursor, deterministic ids, on the batcher's low-priority lane. After each page the ids
+  with a persisted cursor, deterministic ids, on the batcher's backfill lane (capped at
+  `backfill_share` of the encoder while online traffic is around). After each page the ids
   are re-checked against the source and any deleted meanwhile are removed again, so a backfill page never
   resurrects a delete. New writes go to both physicals (services.indexing.write_targets).
 - cutover: when the target holds every live document the alias moves atomically; v1 is kept for
