@@ -392,6 +392,7 @@ class VectorStore:
         """`serialize` holds one lock around every call: local mode is not safe for concurrent threads."""
         self.client = client
         self._admin = threading.RLock()
+        self._tables: set[str] = set()  # key-value tables known to exist: checked once per process
         self._io: AbstractContextManager[Any] = self._admin if serialize else nullcontext()
         self._ensure_meta()
 
@@ -417,18 +418,20 @@ class VectorStore:
     def _ensure_table(self, collection: str, key: str) -> None:
         """A key-value table with a keyword index on `key`; a constant 1-d vector because older servers
         reject vector-less points."""
+        if collection in self._tables:
+            return
         with self._io:
-            if self.client.collection_exists(collection):
-                return
-            try:
-                self.client.create_collection(
-                    collection, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
-                )
-            except Exception:
-                if not self.client.collection_exists(collection):  # lost a start-up race: fine
-                    raise
-                return
-            self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD, wait=True)
+            if not self.client.collection_exists(collection):
+                try:
+                    self.client.create_collection(
+                        collection, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
+                    )
+                except Exception:
+                    if not self.client.collection_exists(collection):  # lost a start-up race: fine
+                        raise
+                else:
+                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD, wait=True)
+        self._tables.add(collection)
 
     def _find(self, tenant: str, name: str) -> CollectionInfo | None:
         validate_name(name)
@@ -590,7 +593,7 @@ class VectorStore:
                     offset=offset,
                     with_payload=True,
                 )
-            texts += [r.payload["text"] for r in records if r.payload and r.payload.get("at", 0) >= since]
+            texts += [r.payload["text"] for r in records if r.payload]  # stale ones were deleted above
             if offset is None:
                 break
         return texts
