@@ -97,7 +97,20 @@ async def embed_items(
     dimensions: int | None,
     normalize: bool | None,
     truncate: str,
-) -> tuple[list[ItemResult], Template]:
+) -> tuple[list[ItemResult], Template | None]:
+    if all(i.image is None and i.video is None for i in items):  # text only: one batched call
+        out = await embedder.embed_texts(
+            model,
+            [i.text or "" for i in items],
+            task=task,
+            instruction=instruction,
+            truncate=truncate,  # type: ignore[arg-type]
+            dimensions=dimensions,
+            normalize=normalize,
+            field="inputs",
+        )
+        results = [ItemResult(v, "text", out.tokens[i], out.truncated[i]) for i, v in enumerate(out.vectors)]
+        return results, out.template
     spec = embedder.spec(model)
     if spec.kind is Kind.vlm:
         from services.errors import InvalidInput

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from gateway.deps import FleetDep, TenantDep, until_disconnect
 from gateway.routes.embeddings import json_response
 from gateway.schemas.native import EmbedRequest
-from services.multimodal import Item, ItemResult, embed_items
+from services.multimodal import Item, embed_items
 from services.vectors import to_base64
 
 router = APIRouter(tags=["native"])
@@ -21,39 +21,20 @@ async def embed(body: EmbedRequest, request: Request, fleet: FleetDep, _tenant: 
     texts = [item.text for item in body.inputs if item.text is not None]
     embedder.check_payload(len(body.inputs), texts, "inputs")
     encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
-    if all(i.image is None and i.video is None for i in body.inputs):  # text only: one batched call
-        result = await until_disconnect(
-            request,
-            embedder.embed_texts(
-                body.model,
-                texts,
-                task=body.task,
-                instruction=body.instruction,
-                truncate=body.truncate,
-                dimensions=body.dimensions,
-                normalize=body.normalize,
-                field="inputs",
-            ),
-        )
-        template = result.template
-        results = [
-            ItemResult(v, "text", result.tokens[i], result.truncated[i]) for i, v in enumerate(result.vectors)
-        ]
-    else:
-        items = [Item(i.text, i.image, i.video) for i in body.inputs]
-        results, template = await until_disconnect(
-            request,
-            embed_items(
-                embedder,
-                body.model,
-                items,
-                task=body.task,
-                instruction=body.instruction,
-                dimensions=body.dimensions,
-                normalize=body.normalize,
-                truncate=body.truncate,
-            ),
-        )
+    items = [Item(i.text, i.image, i.video) for i in body.inputs]
+    results, template = await until_disconnect(
+        request,
+        embed_items(
+            embedder,
+            body.model,
+            items,
+            task=body.task,
+            instruction=body.instruction,
+            dimensions=body.dimensions,
+            normalize=body.normalize,
+            truncate=body.truncate,
+        ),
+    )
     data = []
     for i, r in enumerate(results):
         entry = {
