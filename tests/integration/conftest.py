@@ -157,6 +157,19 @@ class Gateway:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def spawn_cli(command: str, env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
+    """`python -m services.cli COMMAND` from the repo root, in its own process group (tests stop or
+    SIGKILL the whole group), output to `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", command],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("ab" if append else "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def start_gateway(settings: Settings, triton_url: str, name: str, **env: object) -> Gateway:
     port = free_port()
     values = {
@@ -176,14 +189,7 @@ def start_gateway(settings: Settings, triton_url: str, name: str, **env: object)
     }
     log = settings.data_dir / f"gateway-{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve"],
-        env=full_env,
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = spawn_cli("serve", full_env, log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ from services.config import Settings
 from services.jobs import RedisJobStore, create_job
 from services.store import VectorStore
 from services.worker.celery_app import enqueue_job
-from tests.integration.conftest import ROOT, Gateway, Redis, start_gateway
+from tests.integration.conftest import Gateway, Redis, spawn_cli, start_gateway
 
 pytestmark = pytest.mark.integration
 MODEL = "all-minilm-l6-v2"
@@ -208,14 +207,7 @@ def start_worker(
         "EMBEDFLEET_LOG_LEVEL": "warning",
     }
     env.update(extra or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    return spawn_cli("worker", env, log, append=True)
 
 
 def test_celery_worker_sigkilled_mid_job_completes_exactly_once(

@@ -9,24 +9,22 @@ explicitly rather than ignored.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 
+from tests.unit.deploy.deploy_support import load_monitoring
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 30.0
@@ -53,16 +51,6 @@ MUST_EXPORT = {
     "nv_inference_queue_duration_us",
     "nv_inference_compute_infer_duration_us",
 }
-
-
-def load_monitoring() -> ModuleType:
-    path = REPO / "helm" / "monitoring" / "embedfleet_monitoring.py"
-    spec = importlib.util.spec_from_file_location("embedfleet_monitoring", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from services.config import get_settings
 from services.encoders.triton import TritonEncoder
 from services.registry import Batching, ModelSpec, load_registry
 from services.triton_server import LocalTriton
+from tests.unit.trt_build.tiny_bert import save_tiny_bert
 from trt_build.buckets import merge_rows
 from trt_build.torch_cuda_model import Engine, EngineOptions
 from trt_build.torch_target import TorchCudaOptions, buckets_for, write_torch_cuda_entry
@@ -41,15 +41,7 @@ SPEC = (
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-    )
-    path = tmp_path_factory.mktemp("tiny-hf")
-    BertModel(cfg).eval().save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-hf"))
 
 
 @pytest.fixture(scope="module")

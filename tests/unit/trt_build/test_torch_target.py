@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.registry import load_registry
+from tests.unit.trt_build.tiny_bert import save_tiny_bert
 from trt_build.buckets import BucketSet
 from trt_build.torch_cuda_model import Engine, EngineOptions, pool
 from trt_build.torch_target import TorchCudaOptions, buckets_for, torch_cuda_config, write_torch_cuda_entry
@@ -90,15 +91,7 @@ def test_model_file_imports_nothing_from_the_project() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-    )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).eval().save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def _reference(path: Path, rows: list[np.ndarray], pooling: str) -> np.ndarray:
