@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 30.0
 DATA_TIMEOUT_S = 60.0
 REQUESTS = 20
+MODEL = "all-minilm-l6-v2"
 
 # What plain embedding traffic must make the fleet export; if one is missing the test fails, so that
 # "no data, skipped" can never hide a renamed or dropped metric.
@@ -140,7 +141,7 @@ def prometheus(fleet: Any, tmp_path: Path) -> Iterator[Prometheus]:
 
 def drive_traffic(fleet: Any) -> None:
     headers = {"Authorization": f"Bearer {fleet.api_key}"} if fleet.api_key else {}
-    body = {"model": "all-minilm-l6-v2", "input": ["hello", "world"]}
+    body = {"model": MODEL, "input": ["hello", "world"]}
     with httpx.Client(base_url=fleet.base_url, headers=headers, timeout=60.0) as client:
         # What a readiness probe does in every deployment; it sets embedfleet_encoder_up.
         assert client.get("/readyz").status_code == 200
@@ -155,6 +156,25 @@ def drive_traffic(fleet: Any) -> None:
             <= client.post("/v1/embeddings", json={"model": "no-such-model", "input": ["x"]}).status_code
             < 500
         )
+        # An indexing job, searches and a small model upgrade: the series of the indexing dashboard and
+        # the migration alerts, so this test does not depend on other tests having run in its session.
+        assert client.post("/v1/collections", json={"name": "monitored", "model": MODEL}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document {i} about scraping metrics"} for i in range(40)]
+        job = client.post("/v1/collections/monitored/jobs", json={"documents": docs}).json()["job_id"]
+        until(lambda: client.get(f"/v1/jobs/{job}").json()["state"] not in ("queued", "running"))
+        search = {"query": {"text": "metrics"}}
+        assert client.post("/v1/collections/monitored/search", json=search).status_code == 200
+        mig = client.post("/v1/collections/monitored/migrations", json={"to_model": "minilm-e5"})
+        assert mig.status_code == 202, mig.text
+        until(lambda: client.get("/v1/collections/monitored/migrations").json()["state"] == "done")
+        assert client.post("/v1/collections/monitored/search", json=search).status_code == 200
+
+
+def until(ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def wait_for_scrapes(prom: Prometheus) -> None:
