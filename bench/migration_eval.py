@@ -38,6 +38,7 @@ import numpy as np
 
 from services.config import PACKAGE_ROOT
 from services.migration.drift import Pairs
+from services.migration.lifecycle import pseudo_query
 
 CACHE = PACKAGE_ROOT / "var" / "cache" / "migration"
 RESULTS = PACKAGE_ROOT / "bench" / "results" / "migration_eval.json"
@@ -50,7 +51,6 @@ SKIP_PARTS = frozenset(
 )
 Split = Literal["finetune", "eval", "pool"]
 _RULE = re.compile(r"\s*[-=~^*]{3,}\s*")
-_SENTENCE = re.compile(r"(.+?[.!?])(\s|$)")
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,6 @@ class Pair:
 
 def _squash(text: str) -> str:
     return " ".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
-
-
-def first_sentence(text: str) -> str:
-    text = " ".join(text.split())
-    m = _SENTENCE.match(text)
-    return (m.group(1) if m else text).strip()
 
 
 def _pairs_of(tree: ast.AST) -> list[tuple[str, str]]:
@@ -224,7 +218,7 @@ class Layout:
         return {
             "eval_q": [p.query for p in self.eval_pairs],
             "pool_q": [p.query for p in self.pool_pairs],
-            "pool_pseudo": [render_query(first_sentence(p.document)) for p in self.pool_pairs],
+            "pool_pseudo": [render_query(pseudo_query(p.document)) for p in self.pool_pairs],
             "eval_d": [p.document for p in self.eval_pairs],
             "pool_d": [p.document for p in self.pool_pairs],
         }
