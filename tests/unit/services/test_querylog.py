@@ -38,11 +38,15 @@ def _rt(store: VectorStore, **overrides: object) -> FakeRuntime:
     return FakeRuntime(Settings(**overrides), store)  # type: ignore[arg-type]
 
 
-def _log_all(rt: FakeRuntime, tenant: str, name: str, texts: list[str]) -> None:
+def _log_all(rt: FakeRuntime, tenant: str, name: str, texts: list[str], in_order: bool = False) -> None:
+    """Log `texts` as concurrent searches would (writes may land in any order), or one after another."""
+
     async def go() -> None:
         info = rt.store.get_collection(tenant, name)
         for t in texts:
             querylog.remember(rt, info, t)  # type: ignore[arg-type]
+            if in_order:
+                await asyncio.gather(*querylog._pending)
         await asyncio.gather(*querylog._pending)
 
     asyncio.run(go())
@@ -66,7 +70,8 @@ def test_bounded_by_the_slot_space_recent_first_and_cut_to_max_chars(store: Vect
     random.seed(0)
     store.create_collection(A, "docs", "m", "1", 4, query_log=True)
     rt = _rt(store, query_log_size=16, query_log_max_chars=17)
-    _log_all(rt, A, "docs", [f"query number {i:04d} with a long tail" for i in range(300)])
+    # in order: concurrent writes land in thread order, so "newest" would be ill-defined (CI flaked on it)
+    _log_all(rt, A, "docs", [f"query number {i:04d} with a long tail" for i in range(300)], in_order=True)
     kept = _recall(rt, A, "docs")
     assert 8 <= len(kept) <= 16
     assert all(len(t) == 17 for t in kept)
