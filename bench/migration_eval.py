@@ -2,9 +2,11 @@
 
 Corpus: real text available offline that no one here wrote, the docstrings of Python's standard library
 and of the scientific packages installed beside it (numpy, scipy, scikit-learn, networkx, sympy), read with
-`ast` (nothing is imported or run). A pair is (query = the docstring's summary paragraph, document = the
-rest). Modules, not pairs, are split by hash into a fine-tuning slice (bench/finetune_minilm.py), an
-evaluation slice and a fitting pool, so near-identical docstrings of one module never straddle splits.
+`ast` (nothing is imported or run). Two tasks: `summary-rest` (query = the docstring's summary paragraph,
+document = the rest: the query's words are not in its document) and `firstline-full` (query = the
+summary, document = the whole docstring, summary included: the issue's "first line → full docstring").
+Modules, not pairs, are split by hash into a fine-tuning slice (bench/finetune_minilm.py), an evaluation
+slice and a fitting pool, so near-identical docstrings of one module never straddle splits.
 
 The index holds the evaluation documents plus the pool documents (in a real migration the fitting
 documents are sampled from the collection itself); evaluation queries are never fitted on, and their
@@ -12,7 +14,8 @@ target documents are never among the fitted pairs. Embeddings come from sentence
 are cached per chunk under var/cache/migration/, so a rerun (or a resumed run) only computes what changed.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.migration_eval            # full run, writes JSON + docs
-    .venv/bin/python -m bench.migration_eval --encode-only --models v1,v2 # warm the cache
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.migration_eval --task firstline-full --doc-tokens 128
+    .venv/bin/python -m bench.migration_eval --encode-only --models v1,mpnet # warm the cache
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from services.migration.drift import Pairs
 from services.migration.lifecycle import pseudo_query
 
 CACHE = PACKAGE_ROOT / "var" / "cache" / "migration"
-RESULTS = PACKAGE_ROOT / "bench" / "results" / "migration_eval.json"
+RESULTS = PACKAGE_ROOT / "bench" / "results"
 DOC_PAGE = PACKAGE_ROOT / "docs" / "migration.md"
 FINETUNED = PACKAGE_ROOT / "var" / "models" / "all-minilm-l6-v2-ft"
 SEED = 9
@@ -50,6 +53,12 @@ SKIP_PARTS = frozenset(
     {"test", "tests", "testing", "idlelib", "lib2to3", "turtledemo", "site-packages", "_vendor", "externals"}
 )
 Split = Literal["finetune", "eval", "pool"]
+Task = Literal["summary-rest", "firstline-full"]
+TASKS: tuple[Task, ...] = ("summary-rest", "firstline-full")
+TASK_TEXT = {
+    "summary-rest": "query = the summary paragraph, document = the rest of the docstring",
+    "firstline-full": "query = the summary paragraph, document = the whole docstring (summary included)",
+}
 _RULE = re.compile(r"\s*[-=~^*]{3,}\s*")
 
 
@@ -64,7 +73,11 @@ def _squash(text: str) -> str:
     return " ".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
 
 
-def _pairs_of(tree: ast.AST) -> list[tuple[str, str]]:
+def results_path(task: Task) -> Path:
+    return RESULTS / ("migration_eval.json" if task == "summary-rest" else f"migration_eval_{task}.json")
+
+
+def _pairs_of(tree: ast.AST, task: Task) -> list[tuple[str, str]]:
     out = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -73,7 +86,8 @@ def _pairs_of(tree: ast.AST) -> list[tuple[str, str]]:
         if not doc or "\n\n" not in doc.strip():
             continue
         head, rest = doc.strip().split("\n\n", 1)
-        query, document = " ".join(head.split()), " ".join(_squash(rest).split())[:1200]
+        body = doc.strip() if task == "firstline-full" else rest
+        query, document = " ".join(head.split()), " ".join(_squash(body).split())[:1200]
         if 3 <= len(query.split()) <= 40 and len(document.split()) >= 8:
             out.append((query, document))
     return out
@@ -88,9 +102,9 @@ def _roots() -> list[tuple[str, Path]]:
     return roots
 
 
-def docstring_pairs() -> list[Pair]:
-    """All (summary, rest) pairs, deduplicated: a query or document text seen twice is dropped everywhere."""
-    cached = CACHE / "corpus.json"
+def docstring_pairs(task: Task = "summary-rest") -> list[Pair]:
+    """All of the task's pairs, deduplicated: a query or document text seen twice is dropped everywhere."""
+    cached = CACHE / f"corpus-{task}.json"
     if cached.exists():
         return [Pair(**p) for p in json.loads(cached.read_text())]
     raw: list[Pair] = []
@@ -103,7 +117,7 @@ def docstring_pairs() -> list[Pair]:
                 tree = ast.parse(path.read_text(encoding="utf-8"))
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
-            raw += [Pair(f"{name}:{rel.as_posix()}", q, d) for q, d in _pairs_of(tree)]
+            raw += [Pair(f"{name}:{rel.as_posix()}", q, d) for q, d in _pairs_of(tree, task)]
     q_count: dict[str, int] = {}
     d_count: dict[str, int] = {}
     for p in raw:
@@ -121,8 +135,8 @@ def split_of(module: str) -> Split:
     return "finetune" if u < 0.15 else "eval" if u < 0.35 else "pool"
 
 
-def pairs_in(split: Split, seed: int = SEED) -> list[Pair]:
-    chosen = [p for p in docstring_pairs() if split_of(p.module) == split]
+def pairs_in(split: Split, seed: int = SEED, task: Task = "summary-rest") -> list[Pair]:
+    chosen = [p for p in docstring_pairs(task) if split_of(p.module) == split]
     random.Random(f"{seed}:{split}").shuffle(chosen)
     return chosen
 
@@ -210,8 +224,8 @@ class Layout:
     pool_pairs: list[Pair]
 
     @classmethod
-    def build(cls, n_eval: int, n_pool: int) -> Layout:
-        ev, pool = pairs_in("eval"), pairs_in("pool")
+    def build(cls, n_eval: int, n_pool: int, task: Task) -> Layout:
+        ev, pool = pairs_in("eval", task=task), pairs_in("pool", task=task)
         return cls(ev[:n_eval], pool[:n_pool])
 
     def texts(self) -> dict[str, list[str]]:
@@ -453,26 +467,27 @@ def _metric_cells(m: dict[str, float]) -> str:
     return " | ".join(f"{m[k]:.3f}" for k in ("r1", "r10", "mrr10", "ndcg10"))
 
 
-def render_markdown(report: dict) -> str:
-    c = report["corpus"]
+def _setup_lines(reports: dict[str, dict]) -> list[str]:
+    first = next(iter(reports.values()))["corpus"]
     out = [
-        "# Model upgrades: drift compensation on read, measured",
-        "",
-        f"Generated by `bench/migration_eval.py` on {report['date']}; machine: {report['machine']}.",
-        "Raw numbers: `bench/results/migration_eval.json`. Rerun: "
-        "`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.finetune_minilm && HF_HUB_OFFLINE=1 "
-        ".venv/bin/python -m bench.migration_eval` (embeddings are cached under var/cache/).",
-        "",
         "## Setup",
         "* Corpus: docstrings of CPython's standard library and of numpy, scipy, scikit-learn, networkx "
-        f"and sympy, read with `ast`; query = the summary paragraph, document = the rest; {c['pairs_total']} "
-        "deduplicated pairs, split by module into fine-tuning / evaluation / fitting pool.",
-        f"* Evaluation: {c['eval_queries']} held-out queries, each with one relevant document, searched "
-        f"in an index of {c['index_documents']} documents (evaluation documents plus the pool documents). "
-        f"Texts are truncated to {c['max_seq_length']} tokens for both models (CPU budget).",
-        f"* Fitting pairs: the first n of {c['pool_pairs']} pool pairs (the pool holds "
-        f"{c['pool_available']} per source), n in {c['sizes']}; `mixed` takes n/3 from each source, so it "
-        f"alone reaches sizes above the pool; not run: {c['sizes_not_run'] or 'none'}. Of each n, 80% are "
+        "and sympy, read with `ast`, deduplicated and split by module into fine-tuning / evaluation / "
+        "fitting pool. Two tasks on it:",
+    ]
+    for task, report in reports.items():
+        c = report["corpus"]
+        out.append(
+            f"  * `{task}` ({report['date']}): {TASK_TEXT[task]}; {c['pairs_total']} pairs; "
+            f"{c['eval_queries']} held-out queries, each with one relevant document, searched in an index "
+            f"of {c['index_documents']} documents (evaluation documents plus the pool documents); texts "
+            f"truncated to {c['max_seq_length']} tokens for both models (CPU budget); fitting pool "
+            f"{c['pool_pairs']} pairs per source."
+        )
+    out += [
+        "* Fitting pairs: the first n of the pool's pairs, n in "
+        f"{first['sizes']}; `mixed` takes n/3 from each source, so it alone reaches sizes above the pool. "
+        "Of each n, 80% are "
         "fitted. Held out: pseudo-queries of the other 20% of the sampled documents, which no source "
         "fits on; `auto` picks by their agreement with the re-index top-10 among the sampled documents, "
         "the never-worse rule compares labelled MRR@10 (finding the document each was cut from) with "
@@ -484,90 +499,122 @@ def render_markdown(report: dict) -> str:
         "* Latency: added time per query of `apply`, in batches of 64 (µs/q) and alone (µs/q single).",
         "",
     ]
+    return out
+
+
+def render_markdown(reports: dict[str, dict]) -> str:
+    """One page for every task that has results (task → report)."""
+    machine = next(iter(reports.values()))["machine"]
+    files = ", ".join(f"`bench/results/{results_path(t).name}`" for t in reports)  # type: ignore[arg-type]
+    out = [
+        "# Model upgrades: drift compensation on read, measured",
+        "",
+        f"Generated by `bench/migration_eval.py`; machine: {machine}.",
+        f"Raw numbers: {files}. Rerun: "
+        "`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.finetune_minilm && HF_HUB_OFFLINE=1 "
+        ".venv/bin/python -m bench.migration_eval [--task firstline-full --doc-tokens 128]` (embeddings are "
+        "cached under var/cache/).",
+        "",
+        *_setup_lines(reports),
+    ]
     out += ["## Summary against issue 9's targets", ""]
-    for name, up in report["upgrades"].items():
-        t = up["summary"]
-        ba, pd, v1 = t["best_auto"], t["procrustes_documents"], t["v1_on_v1"]
+    for task, report in reports.items():
+        for name, up in report["upgrades"].items():
+            out += _summary_lines(f"{task}, {name}", up)
+    out.append("")
+    for task, report in reports.items():
+        for name, up in report["upgrades"].items():
+            out += _table_lines(f"{task}: {name}", up)
+    return "\n".join(out) + "\n"
+
+
+def _summary_lines(title: str, up: dict) -> list[str]:
+    out: list[str] = []
+    t = up["summary"]
+    ba, pd, v1 = t["best_auto"], t["procrustes_documents"], t["v1_on_v1"]
+    out.append(
+        f"* **{title}**: best `auto` ({ba['chosen']}, {ba['pairs']} {ba['source']} pairs) reaches "
+        f"{ba['r10']:.1%} of full re-index R@10, {ba['mrr10']:.1%} of its MRR@10, {ba['r1']:.1%} of its "
+        f"R@1: target (≥ 97% / ≥ 95%) **{'met' if t['auto_meets_97_r10_95_mrr'] else 'NOT met'}** "
+        f"({t['auto_rows_meeting']} `auto` rows with ≤ 5,000 pairs meet it)."
+    )
+    if pd:
         out.append(
-            f"* **{name}**: best `auto` ({ba['chosen']}, {ba['pairs']} {ba['source']} pairs) reaches "
-            f"{ba['r10']:.1%} of full re-index R@10, {ba['mrr10']:.1%} of its MRR@10, {ba['r1']:.1%} of its "
-            f"R@1: target (≥ 97% / ≥ 95%) **{'met' if t['auto_meets_97_r10_95_mrr'] else 'NOT met'}** "
-            f"({t['auto_rows_meeting']} `auto` rows with ≤ 5,000 pairs meet it)."
+            f"  Plain Procrustes on {pd['pairs']} document pairs: {pd['r10']:.1%} / {pd['mrr10']:.1%} / "
+            f"{pd['r1']:.1%}. v1-on-v1: {v1['r10']:.1%} / {v1['mrr10']:.1%} / {v1['r1']:.1%}."
         )
-        if pd:
-            out.append(
-                f"  Plain Procrustes on {pd['pairs']} document pairs: {pd['r10']:.1%} / {pd['mrr10']:.1%} / "
-                f"{pd['r1']:.1%}. v1-on-v1: {v1['r10']:.1%} / {v1['mrr10']:.1%} / {v1['r1']:.1%}."
-            )
+    out.append(
+        f"  Added latency of the chosen compensators ≤ {t['max_auto_apply_us']:.1f} µs/query (batched). "
+        f"Served read path (never-worse rule): {', '.join(t['served_paths'])}; never below v1-on-v1: "
+        f"{'yes' if t['served_never_below_v1'] else 'NO'}."
+    )
+    return out
+
+
+def _table_lines(title: str, up: dict) -> list[str]:
+    out: list[str] = []
+    base = up["baselines"]
+    full = base["v2/v2 re-index"]
+    out += [f"## {title}", "", "| path | R@1 | R@10 | MRR@10 | nDCG@10 |", "|---|---|---|---|---|"]
+    out += [f"| {k} | {_metric_cells(m)} |" for k, m in base.items()]
+    out += [
+        "",
+        "| source | pairs | compensator | R@1 | R@10 | MRR@10 | nDCG@10 | R@10 / re-index "
+        "| MRR / re-index | G(R@10) | G(MRR) | held-out agreement | held-out MRR | fit s | µs/q "
+        "| µs/q single | KiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in up["rows"]:
+        agree, mrr = (
+            f"{r[k]:.3f}" if r[k] is not None else "–" for k in ("heldout_agreement", "heldout_mrr")
+        )
         out.append(
-            f"  Added latency of the chosen compensators ≤ {t['max_auto_apply_us']:.1f} µs/query (batched). "
-            f"Served read path (never-worse rule): {', '.join(t['served_paths'])}; never below v1-on-v1: "
-            f"{'yes' if t['served_never_below_v1'] else 'NO'}."
+            _row(
+                r["source"],
+                r["pairs"],
+                r["kind"],
+                _metric_cells(r),
+                _pct(r["r10"], full["r10"]),
+                _pct(r["mrr10"], full["mrr10"]),
+                _num(r["gain"]["r10"]),
+                _num(r["gain"]["mrr10"]),
+                agree,
+                mrr,
+                f"{r['fit_s']:.2f}",
+                f"{r['apply_us']:.1f}",
+                f"{r['apply_us_single']:.0f}",
+                f"{r['size_bytes'] / 1024:.0f}",
+            )
+        )
+    out += [
+        "",
+        "`auto` (chosen by held-out agreement with the re-index top-10) and the served read path (v1 "
+        "queries keep answering unless the chosen compensator's held-out MRR@10 beats v1-on-v1's by one "
+        "standard error):",
+        "",
+        "| source | pairs | auto → | R@1 | R@10 | MRR@10 | nDCG@10 | R@10 / re-index | MRR / re-index "
+        "| R@1 / re-index | held-out MRR auto / v1 | served path | served ≥ v1/v1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in up["auto"]:
+        held = a["heldout"]
+        chosen_q = next(c["quality"] for c in held["candidates"] if c["kind"] == a["chosen"])
+        out.append(
+            _row(
+                a["source"],
+                a["pairs"],
+                a["chosen"],
+                _metric_cells(a),
+                _pct(a["r10"], full["r10"]),
+                _pct(a["mrr10"], full["mrr10"]),
+                _pct(a["r1"], full["r1"]),
+                f"{chosen_q:.3f} / {held['v1_quality']:.3f}",
+                a["served_path"],
+                "yes" if a["served_not_below_v1"] else "NO",
+            )
         )
     out.append("")
-    for name, up in report["upgrades"].items():
-        base = up["baselines"]
-        full = base["v2/v2 re-index"]
-        out += [f"## {name}", "", "| path | R@1 | R@10 | MRR@10 | nDCG@10 |", "|---|---|---|---|---|"]
-        out += [f"| {k} | {_metric_cells(m)} |" for k, m in base.items()]
-        out += [
-            "",
-            "| source | pairs | compensator | R@1 | R@10 | MRR@10 | nDCG@10 | R@10 / re-index "
-            "| MRR / re-index | G(R@10) | G(MRR) | held-out agreement | held-out MRR | fit s | µs/q "
-            "| µs/q single | KiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in up["rows"]:
-            agree, mrr = (
-                f"{r[k]:.3f}" if r[k] is not None else "–" for k in ("heldout_agreement", "heldout_mrr")
-            )
-            out.append(
-                _row(
-                    r["source"],
-                    r["pairs"],
-                    r["kind"],
-                    _metric_cells(r),
-                    _pct(r["r10"], full["r10"]),
-                    _pct(r["mrr10"], full["mrr10"]),
-                    _num(r["gain"]["r10"]),
-                    _num(r["gain"]["mrr10"]),
-                    agree,
-                    mrr,
-                    f"{r['fit_s']:.2f}",
-                    f"{r['apply_us']:.1f}",
-                    f"{r['apply_us_single']:.0f}",
-                    f"{r['size_bytes'] / 1024:.0f}",
-                )
-            )
-        out += [
-            "",
-            "`auto` (chosen by held-out agreement with the re-index top-10) and the served read path (v1 "
-            "queries keep answering unless the chosen compensator's held-out MRR@10 beats v1-on-v1's by one "
-            "standard error):",
-            "",
-            "| source | pairs | auto → | R@1 | R@10 | MRR@10 | nDCG@10 | R@10 / re-index | MRR / re-index "
-            "| R@1 / re-index | held-out MRR auto / v1 | served path | served ≥ v1/v1 |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for a in up["auto"]:
-            held = a["heldout"]
-            chosen_q = next(c["quality"] for c in held["candidates"] if c["kind"] == a["chosen"])
-            out.append(
-                _row(
-                    a["source"],
-                    a["pairs"],
-                    a["chosen"],
-                    _metric_cells(a),
-                    _pct(a["r10"], full["r10"]),
-                    _pct(a["mrr10"], full["mrr10"]),
-                    _pct(a["r1"], full["r1"]),
-                    f"{chosen_q:.3f} / {held['v1_quality']:.3f}",
-                    a["served_path"],
-                    "yes" if a["served_not_below_v1"] else "NO",
-                )
-            )
-        out.append("")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -580,24 +627,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--models", default="v1,mpnet,ft")
     ap.add_argument("--encode-only", action="store_true")
     ap.add_argument("--sizes", default="1000,2000,5000,20000", help="fitting-pair counts (capped by --pool)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--task", choices=TASKS, default="summary-rest")
     ap.add_argument("--doc-page", type=Path, default=DOC_PAGE)
-    ap.add_argument("--render-only", action="store_true", help="rebuild the page from --out's JSON")
+    ap.add_argument("--render-only", action="store_true", help="rebuild the page from the tasks' JSON")
     args = ap.parse_args(argv)
-    if args.render_only:
-        report = json.loads(args.out.read_text())
+    if not args.render_only:
+        report = run(args)
+        out = results_path(args.task)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+        print(f"wrote {out}")
+    reports = {t: json.loads(results_path(t).read_text()) for t in TASKS if results_path(t).exists()}
+    for report in reports.values():
         for result in report["upgrades"].values():
             result["summary"] = summarize(result)
-        args.doc_page.write_text(render_markdown(report))
-        return
+    if reports:
+        args.doc_page.parent.mkdir(parents=True, exist_ok=True)
+        args.doc_page.write_text(render_markdown(reports))
+        print(f"wrote {args.doc_page}")
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    layout = Layout.build(args.eval, args.pool)
+    layout = Layout.build(args.eval, args.pool, args.task)
     refs = model_refs(args.doc_tokens)
     names = args.models.split(",")
     embs = embed_all(layout, refs, names)
     if args.encode_only:
-        return
+        raise SystemExit(0)
     wanted = [int(n) for n in args.sizes.split(",")]
     # a single source needs n pool pairs, `mixed` a third of that from each source
     sizes = sorted(n for n in wanted if -(-n // 3) <= args.pool)
@@ -608,24 +666,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": _machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "corpus": {
-            "pairs_total": len(docstring_pairs()),
+            "task": args.task,
+            "pairs_total": len(docstring_pairs(args.task)),
             "eval_queries": len(layout.eval_pairs),
             "index_documents": len(layout.eval_pairs) + len(layout.pool_pairs),
             "pool_pairs": len(layout.pool_pairs),
-            "pool_available": len(pairs_in("pool")),
+            "pool_available": len(pairs_in("pool", task=args.task)),
             "max_seq_length": args.doc_tokens,
             "sizes": sizes,
             "sizes_not_run": [n for n in wanted if n not in sizes],
         },
         "upgrades": {up.name: evaluate_upgrade(up, sizes) for up in upgrades},
     }
-    for result in report["upgrades"].values():
-        result["summary"] = summarize(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
-    args.doc_page.parent.mkdir(parents=True, exist_ok=True)
-    args.doc_page.write_text(render_markdown(report))
-    print(f"wrote {args.out} and {args.doc_page}")
+    return report
 
 
 if __name__ == "__main__":
