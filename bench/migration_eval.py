@@ -467,6 +467,18 @@ def _metric_cells(m: dict[str, float]) -> str:
     return " | ".join(f"{m[k]:.3f}" for k in ("r1", "r10", "mrr10", "ndcg10"))
 
 
+def _lead_cells(r: dict, kind: str, full: dict[str, float]) -> tuple[object, ...]:
+    """The cells both compensator tables start with: where the pairs came from, what ran, how it scored."""
+    return (
+        r["source"],
+        r["pairs"],
+        kind,
+        _metric_cells(r),
+        _pct(r["r10"], full["r10"]),
+        _pct(r["mrr10"], full["mrr10"]),
+    )
+
+
 def _setup_lines(reports: dict[str, dict]) -> list[str]:
     first = next(iter(reports.values()))["corpus"]
     out = [
@@ -570,12 +582,7 @@ def _table_lines(title: str, up: dict) -> list[str]:
         )
         out.append(
             _row(
-                r["source"],
-                r["pairs"],
-                r["kind"],
-                _metric_cells(r),
-                _pct(r["r10"], full["r10"]),
-                _pct(r["mrr10"], full["mrr10"]),
+                *_lead_cells(r, r["kind"], full),
                 _num(r["gain"]["r10"]),
                 _num(r["gain"]["mrr10"]),
                 agree,
@@ -601,12 +608,7 @@ def _table_lines(title: str, up: dict) -> list[str]:
         chosen_q = next(c["quality"] for c in held["candidates"] if c["kind"] == a["chosen"])
         out.append(
             _row(
-                a["source"],
-                a["pairs"],
-                a["chosen"],
-                _metric_cells(a),
-                _pct(a["r10"], full["r10"]),
-                _pct(a["mrr10"], full["mrr10"]),
+                *_lead_cells(a, a["chosen"], full),
                 _pct(a["r1"], full["r1"]),
                 f"{chosen_q:.3f} / {held['v1_quality']:.3f}",
                 a["served_path"],
