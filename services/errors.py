@@ -48,6 +48,13 @@ class NotFound(EmbedfleetError):
     type = "invalid_request_error"
 
 
+class StaleTarget(NotFound):
+    """A physical collection named by a plan is no longer part of its collection (dropped after a
+    cutover, a rollback or a cancel): the caller re-reads the plan and retries."""
+
+    code = "stale_target"
+
+
 class Conflict(EmbedfleetError):
     status = 409
     code = "conflict"
@@ -72,7 +79,11 @@ class Unprocessable(EmbedfleetError):
     type = "invalid_request_error"
 
 
-class Overloaded(EmbedfleetError):
+class Transient(EmbedfleetError):
+    """A failure that retrying later can cure: job runners and migration steps retry these."""
+
+
+class Overloaded(Transient):
     """Admission refused (queue full, rate limit): the caller should retry after `retry_after`."""
 
     status = 429
@@ -80,12 +91,17 @@ class Overloaded(EmbedfleetError):
     type = "rate_limit_error"
 
 
-class EncoderUnavailable(EmbedfleetError):
+class EncoderUnavailable(Transient):
     """Triton unreachable or the model not ready: transient, retry later."""
 
     status = 503
     code = "encoder_unavailable"
     type = "server_error"
+
+
+class Inconsistent(EmbedfleetError):
+    """The server contradicted itself (e.g. a query vector it made does not fit the collection it chose):
+    an internal error, never the caller's fault."""
 
 
 class ConfigError(Exception):

@@ -9,11 +9,14 @@ videos in the content-addressed blob store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.errors import InvalidInput
+from services.errors import InvalidInput, StaleTarget, Transient
+from services.migration.state import write_targets
 from services.multimodal import media_bytes
 from services.registry import ModelSpec, Side
 from services.store import CollectionInfo, PointIn
@@ -21,8 +24,8 @@ from services.store import CollectionInfo, PointIn
 if TYPE_CHECKING:
     from services.runtime import Runtime
 
+log = logging.getLogger("embedfleet.indexing")
 DOC_TASK = "retrieval"
-MIGRATING = ("sampling", "backfilling", "cutover")  # writes go to both physical collections
 
 
 class Document(BaseModel):
@@ -95,6 +98,9 @@ async def embed_documents(
     return [points[d.id] for d in docs]
 
 
+REPLANS = 4  # snapshots a write may see change under it before it gives up (retryable)
+
+
 async def index_documents(
     rt: Runtime,
     tenant: str,
@@ -104,21 +110,35 @@ async def index_documents(
     lane: str = "online",
     physical: str | None = None,
 ) -> int:
-    """Embed and upsert; during a migration writes go to every live physical collection."""
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    """Embed and upsert into every physical collection the collection has (services.migration.state
+    .write_targets), each with its own model; `physical` writes one (the backfill's target).
+
+    After writing, the metadata is read again: a migration that started, or a cutover or rollback that
+    happened while the documents were being embedded, shows up as a target not yet written, which is
+    then written too. Point ids are deterministic, so a document lands once in each, whatever the race.
+    """
     check_unique(docs)
-    targets = [physical] if physical else write_targets(info)
-    for target in targets:
-        points = await embed_documents(rt, info, docs, lane=lane, physical=target)
-        await asyncio.to_thread(rt.store.upsert, tenant, name, points, target)
-    return len(docs)
-
-
-def write_targets(info: CollectionInfo) -> list[str]:
-    """The current physical collection, plus the migration target while one is backfilling."""
-    targets = [info.physical]
-    migration = info.migration or {}
-    target = migration.get("target")
-    if migration.get("state") in MIGRATING and target and target != info.physical:
-        targets.append(target)
-    return targets
+    written: set[str] = set()
+    for _ in range(REPLANS):
+        info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
+        targets = [info.physical_info(physical)] if physical else list(write_targets(info))
+        todo = [p for p in targets if p.name not in written]
+        if not todo:
+            return len(docs)
+        for phys in todo:
+            written.add(phys.name)
+            if phys.name != info.physical and phys.model not in rt.embedder.served:
+                log.warning(
+                    "%s/%s: %s is not served; %s keeps no copy of this write",
+                    tenant,
+                    name,
+                    phys.model,
+                    phys.name,
+                )
+                continue
+            points = await embed_documents(rt, info, docs, lane=lane, physical=phys.name)
+            with contextlib.suppress(StaleTarget):  # dropped since the snapshot: nothing to keep there
+                await asyncio.to_thread(rt.store.upsert, tenant, name, points, phys.name)
+        if physical:
+            return len(docs)
+    raise Transient(f"collection {name!r} kept changing while documents were written; retry", retry_after=1)

@@ -1,7 +1,10 @@
-"""Search a collection: embed the query on the template's query side, then ask the store.
+"""Search a collection: plan from one metadata snapshot, embed the query per leg, ask the store.
 
-The read plan (raw, compensated or merged while a model upgrade backfills) is decided here, in one place;
-without a migration it is `raw`.
+The read plan (raw, compensated, merged or v1 fallback while a model upgrade backfills) comes from
+`services.migration.state.read_plan`; each leg names the physical collection and the model that embeds
+for it, so a cutover between two reads cannot pair one model's query with the other's vectors. If a
+leg's physical collection was dropped after the snapshot (the grace period ended, a rollback or cancel),
+the search re-reads the plan and runs once more inside the request.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from services import metrics, querylog
+from services.errors import StaleTarget
 from services.indexing import task_for
 from services.migration import drift
-from services.migration.lifecycle import ACTIVE
+from services.migration.state import Leg, ReadPlan, read_plan
 from services.multimodal import media_bytes
 from services.registry import Side
 from services.store import StoredPoint
@@ -52,11 +58,88 @@ def rrf(result_lists: list[list[StoredPoint]], top_k: int, k: int = 60) -> list[
     return [replace(first[i], score=scores[i]) for i in order]
 
 
-async def _embed_text(rt: Runtime, model: str, text: str, task: str | None, dims: int | None):  # type: ignore[no-untyped-def]
-    spec = rt.registry.get(model)
-    return await rt.embedder.embed_texts(
-        model, [text], task=task_for(spec, task), side=Side.query, dimensions=dims, field="query.text"
+def _dimensions(rt: Runtime, leg: Leg) -> int | None:
+    """The size to embed at: native for a compensated leg (the map takes the model's full vector),
+    the physical's size (Matryoshka, when smaller) for a raw one."""
+    if leg.compensator is not None:
+        return None
+    native = rt.registry.get(leg.model).dimension
+    return leg.physical.dimension if leg.physical.dimension != native else None
+
+
+async def _leg_vectors(
+    rt: Runtime, plan: ReadPlan, query: dict[str, str | None], task: str | None
+) -> tuple[list[np.ndarray], dict[str, str] | None]:
+    """One query vector per leg, each model embedding once per size; compensated legs mapped."""
+    embedded: dict[tuple[str, int | None], np.ndarray] = {}
+    template = None
+    text = query.get("text")
+    for leg in plan.legs:
+        key = (leg.model, _dimensions(rt, leg))
+        if key in embedded:
+            continue
+        if text is not None:
+            spec = rt.registry.get(leg.model)
+            out = await rt.embedder.embed_texts(
+                leg.model,
+                [text],
+                task=task_for(spec, task),
+                side=Side.query,
+                dimensions=key[1],
+                field="query.text",
+            )
+            embedded[key] = out.vectors[0]
+            if template is None and out.template is not None:
+                template = {"task": out.template.task, "template": out.template.template}
+        else:
+            kind = "image" if query.get("image") is not None else "video"
+            data = await media_bytes(rt.settings, kind, query.get(kind) or "", f"query.{kind}")
+            media = await rt.embedder.embed_media(
+                leg.model, kind, data, dimensions=key[1], field=f"query.{kind}"
+            )
+            embedded[key] = media.vector
+    vectors = []
+    for leg in plan.legs:
+        vec = embedded[(leg.model, _dimensions(rt, leg))]
+        if leg.compensator is not None:
+            comp = _compensator(rt, leg.compensator)
+            vec = (await asyncio.to_thread(comp.apply, vec[None, :]))[0]
+        vectors.append(vec)
+    return vectors, template
+
+
+async def _search_once(
+    rt: Runtime,
+    tenant: str,
+    name: str,
+    query: dict[str, str | None],
+    *,
+    task: str | None,
+    top_k: int,
+    filter: Any,
+    with_payload: bool,
+    score_threshold: float | None,
+    merge: bool,
+    log_query: bool,
+) -> SearchResult:
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
+    text = query.get("text")
+    plan = read_plan(info, text=text is not None, merge=merge)
+    if text is not None and log_query:
+        querylog.remember(rt, info, text)
+    vectors, template = await _leg_vectors(rt, plan, query, task)
+    threshold = score_threshold if len(plan.legs) == 1 else None  # fused scores are ranks, not similarities
+    lists = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                rt.store.search, tenant, name, vec, top_k, filter, with_payload, threshold, leg.physical.name
+            )
+            for leg, vec in zip(plan.legs, vectors, strict=True)
+        )
     )
+    hits = lists[0] if len(lists) == 1 else rrf(list(lists), top_k)
+    metrics.SEARCHES.labels(name, plan.path).inc()
+    return SearchResult(hits, plan.model, template, plan.path)
 
 
 async def search(
@@ -72,68 +155,17 @@ async def search(
     score_threshold: float | None = None,
     merge: bool = False,
 ) -> SearchResult:
-    """The read plan: `raw` normally; during a migration `compensated` (v2 query mapped into v1's space,
-    searched on v1), `merged` (also raw v2 on the backfilled v2 points, fused by rank), or `v1_fallback`
-    (v1 queries, when no compensator beats not upgrading)."""
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
-    mig = info.migration or {}
-    migrating = mig.get("state") in ACTIVE
-    spec = rt.registry.get(info.model)
-    dims = info.dimension if info.dimension != spec.dimension else None
-    template = None
-    path = "v1_fallback" if migrating else "raw"
-    comp_blob = mig.get("compensator", {}).get("blob")
-    if query.get("text") is not None:
-        text = query["text"] or ""
-        querylog.remember(rt, info, text)
-        if migrating and comp_blob and not mig.get("use_v1") and mig.get("state") != "sampling":
-            out = await _embed_text(rt, mig["to"]["model"], text, task, None)
-            comp = _compensator(rt, comp_blob)
-            vector = await asyncio.to_thread(comp.apply, out.vectors[:1])
-            vector = vector[0]
-            path = "compensated"
-            if merge:
-                native = out.vectors[0][: mig["to"]["dimension"]]
-                lists = await asyncio.gather(
-                    asyncio.to_thread(
-                        rt.store.search,
-                        tenant,
-                        name,
-                        vector,
-                        top_k,
-                        filter,
-                        with_payload,
-                        None,
-                        mig["source"]["physical"],
-                    ),
-                    asyncio.to_thread(
-                        rt.store.search,
-                        tenant,
-                        name,
-                        native,
-                        top_k,
-                        filter,
-                        with_payload,
-                        None,
-                        mig["target"],
-                    ),
-                )
-                metrics.SEARCHES.labels(name, "merged").inc()
-                return SearchResult(rrf(list(lists), top_k), mig["to"]["model"], None, "merged")
-        else:
-            out = await _embed_text(rt, info.model, text, task, dims)
-            vector = out.vectors[0]
-        if out.template is not None:
-            template = {"task": out.template.task, "template": out.template.template}
-    else:
-        kind = "image" if query.get("image") is not None else "video"
-        data = await media_bytes(rt.settings, kind, query.get(kind) or "", f"query.{kind}")
-        media = await rt.embedder.embed_media(info.model, kind, data, dimensions=dims, field=f"query.{kind}")
-        vector = media.vector
-    physical = mig["source"]["physical"] if migrating else None
-    hits = await asyncio.to_thread(
-        rt.store.search, tenant, name, vector, top_k, filter, with_payload, score_threshold, physical
-    )
-    metrics.SEARCHES.labels(name, path).inc()
-    model = mig["to"]["model"] if path == "compensated" else info.model
-    return SearchResult(hits, model, template, path)
+    """Nearest documents to `query` (exactly one of text, image, video) along the collection's read plan;
+    `merge` during a migration also searches the backfilled v2 points and fuses by rank."""
+    kwargs: dict[str, Any] = {
+        "task": task,
+        "top_k": top_k,
+        "filter": filter,
+        "with_payload": with_payload,
+        "score_threshold": score_threshold,
+        "merge": merge,
+    }
+    try:
+        return await _search_once(rt, tenant, name, query, log_query=True, **kwargs)
+    except StaleTarget:  # a physical of the snapshot was dropped meanwhile: the new plan avoids it
+        return await _search_once(rt, tenant, name, query, log_query=False, **kwargs)

@@ -26,12 +26,12 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from hashlib import sha256
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -40,8 +40,9 @@ from qdrant_client import models as qm
 
 from services.blobs import is_digest
 from services.config import Settings
-from services.errors import Conflict, InvalidInput, NotFound
+from services.errors import Conflict, Inconsistent, InvalidInput, NotFound, StaleTarget
 
+T = TypeVar("T")
 RESERVED_PREFIX = "_"
 TENANT_KEY = "_tenant"
 DOC_ID_KEY = "_doc_id"
@@ -136,8 +137,10 @@ class CollectionInfo:
         for p in self.physicals:
             if p.name == physical:
                 return p
-        # another tenant's (or a dropped) physical collection reads exactly like a missing collection
-        raise NotFound(f"collection {self.name!r} has no physical collection {physical!r}", field="physical")
+        # physical names never come from callers: one missing from this record was dropped after the
+        # caller's snapshot (or belongs to another collection): a 404 that plan followers retry
+        missing = f"collection {self.name!r} has no physical collection {physical!r}"
+        raise StaleTarget(missing, field="physical")
 
     @property
     def model(self) -> str:
@@ -338,15 +341,17 @@ def _tenant_filter(tenant: str, flt: qm.Filter | None = None, ids: Sequence[str]
     return qm.Filter(must=must)
 
 
-def _vectors(vectors: Sequence[Any] | np.ndarray, dimension: int) -> np.ndarray:
+def _vectors(vectors: Sequence[Any] | np.ndarray, dimension: int, physical: str) -> np.ndarray:
+    """Every vector the store sees was made by the server for a collection the server chose, so a
+    mismatch is the server's inconsistency (500), never a caller's 400."""
     try:
         arr = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError):
-        raise InvalidInput("vectors must be equal-length lists of numbers", field="vector") from None
+        raise Inconsistent(f"ragged or non-numeric vectors for {physical}") from None
     if arr.ndim != 2 or arr.shape[1] != dimension:
-        raise InvalidInput(f"vectors must have dimension {dimension}", field="vector")
+        raise Inconsistent(f"vectors of shape {arr.shape} for {physical} of dimension {dimension}")
     if not np.isfinite(arr).all():
-        raise InvalidInput("vectors must be finite", field="vector")
+        raise Inconsistent(f"non-finite vectors for {physical}")
     return arr
 
 
@@ -433,6 +438,10 @@ class VectorStore:
                     self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD, wait=True)
         self._tables.add(collection)
 
+    def load_collection(self, tenant: str, name: str) -> CollectionInfo:
+        """The collection's metadata, one read (no point count): the snapshot plans are made from."""
+        return self._load(tenant, name)
+
     def _find(self, tenant: str, name: str) -> CollectionInfo | None:
         validate_name(name)
         with self._io:
@@ -514,7 +523,7 @@ class VectorStore:
         """The collection's metadata with its live point count (through the alias, tenant-scoped)."""
         info = self._load(tenant, name)
         with self._io:
-            count = self.client.count(info.alias, count_filter=_tenant_filter(tenant), exact=True).count
+            count = self.client.count(info.physical, count_filter=_tenant_filter(tenant), exact=True).count
         return replace(info, points_count=count)
 
     def delete_collection(self, tenant: str, name: str) -> None:
@@ -728,13 +737,29 @@ class VectorStore:
         with self._io:
             self.client.update_collection_aliases(ops)
 
-    def switch_alias(self, tenant: str, name: str, physical: str) -> CollectionInfo:
-        """Cutover (or rollback): reads move to `physical` atomically; the other physicals are kept."""
+    def switch_alias(
+        self,
+        tenant: str,
+        name: str,
+        physical: str,
+        migration: Mapping[str, Any] | None = None,
+        status: str | None = None,
+    ) -> CollectionInfo:
+        """Cutover (or rollback): reads move to `physical`; the other physicals are kept.
+
+        The live physical, the migration slot and the status change in ONE metadata write: readers plan
+        from that record (services.migration.state), so none can see the new physical with the old
+        migration state. The Qdrant alias follows for operators' tools; no read path uses it.
+        """
         with self._admin:
             info = self._load(tenant, name)
             info.physical_info(physical)  # 404 unless it belongs to this collection
             self._point_alias(info.alias, physical)
             info = replace(info, physical=physical)
+            if migration is not None:
+                info = replace(info, migration=json.loads(json.dumps(migration)))
+            if status is not None:
+                info = replace(info, status=status)
             self._save(info)  # a crash here leaves the alias ahead of the metadata: retrying repairs it
         return info
 
@@ -756,11 +781,24 @@ class VectorStore:
     def _target(
         self, tenant: str, name: str, physical: str | None
     ) -> tuple[CollectionInfo, str, PhysicalInfo]:
-        """(info, Qdrant name to address, its physical): the alias by default, or a named physical."""
+        """(info, Qdrant name to address, its physical): the live physical by default, or a named one.
+        Addressed by name, never through the alias, so the metadata read here is the only source."""
         info = self._load(tenant, name)
-        if physical is None:
-            return info, info.alias, info.current
-        return info, physical, info.physical_info(physical)
+        phys = info.current if physical is None else info.physical_info(physical)
+        return info, phys.name, phys
+
+    def _on_physical(self, tenant: str, name: str, physical: str, call: Callable[..., T], **kwargs: Any) -> T:
+        """Run a Qdrant call on a physical collection read from metadata a moment ago; if it was dropped
+        in between, say so as `StaleTarget` (the caller re-plans) instead of a raw client error."""
+        try:
+            with self._io:
+                return call(physical, **kwargs)
+        except Exception as exc:
+            info = self._find(tenant, name)
+            if info is None or all(p.name != physical for p in info.physicals):
+                gone = f"collection {name!r} no longer has {physical!r}"
+                raise StaleTarget(gone, field="physical") from exc
+            raise
 
     def upsert(
         self,
@@ -780,7 +818,7 @@ class VectorStore:
         doc_ids = [_validate_doc_id(p.doc_id) for p in items]
         if len(set(doc_ids)) != len(doc_ids):
             raise InvalidInput("document ids must be unique within one write", field="id")
-        vectors = _vectors([p.vector for p in items], phys.dimension)
+        vectors = _vectors([p.vector for p in items], phys.dimension, phys.name)
         structs = []
         for p, vec in zip(items, vectors, strict=True):
             payload = _validate_payload(p.payload)
@@ -792,9 +830,9 @@ class VectorStore:
             structs.append(
                 qm.PointStruct(id=point_id(tenant, name, p.doc_id), vector=vec.tolist(), payload=payload)
             )
-        with self._io:
-            for start in range(0, len(structs), WRITE_BATCH):
-                self.client.upsert(target, points=structs[start : start + WRITE_BATCH], wait=True)
+        for start in range(0, len(structs), WRITE_BATCH):
+            part = structs[start : start + WRITE_BATCH]
+            self._on_physical(tenant, name, target, self.client.upsert, points=part, wait=True)
         return len(structs)
 
     def delete_points(
@@ -806,21 +844,36 @@ class VectorStore:
         physical: str | None = None,
     ) -> None:
         """Delete by doc ids and/or filter (both: their intersection). By default from every physical
-        collection, so a document deleted during a migration is gone from both sides."""
+        collection, so a document deleted during a migration is gone from both sides; the metadata is
+        read again afterwards, and a physical created meanwhile (a migration that started) is cleaned too,
+        so a backfill that read the document before the delete cannot bring it back."""
         if ids is None and filter is None:
             raise InvalidInput("delete needs ids or a filter", field="ids")
         flt = parse_filter(filter)
-        info = self._load(tenant, name)
         pids = None if ids is None else [point_id(tenant, name, _validate_doc_id(i)) for i in ids]
         if pids == []:
             return
-        targets = (
-            [p.name for p in info.physicals] if physical is None else [info.physical_info(physical).name]
-        )
         selector = qm.FilterSelector(filter=_tenant_filter(tenant, flt, pids))
-        with self._io:
+        done: set[str] = set()
+        for _ in range(4):
+            info = self._load(tenant, name)
+            if physical is not None:
+                targets = [info.physical_info(physical).name]
+            else:
+                targets = [p.name for p in info.physicals if p.name not in done]
+            if not targets:
+                return
             for target in targets:
-                self.client.delete(target, points_selector=selector, wait=True)
+                done.add(target)
+                try:
+                    self._on_physical(
+                        tenant, name, target, self.client.delete, points_selector=selector, wait=True
+                    )
+                except StaleTarget:
+                    if physical is not None:
+                        raise  # dropped meanwhile: nothing left to delete there unless it was asked for
+            if physical is not None:
+                return
 
     def get_points(
         self,
@@ -856,17 +909,19 @@ class VectorStore:
             raise InvalidInput(f"top_k must be in 1..{MAX_TOP_K}", field="top_k")
         flt = parse_filter(filter)
         _, target, phys = self._target(tenant, name, physical)
-        query = _vectors([vector], phys.dimension)[0]
+        query = _vectors([vector], phys.dimension, phys.name)[0]
         selector: bool | list[str] = True if with_payload else [DOC_ID_KEY]
-        with self._io:
-            hits = self.client.query_points(
-                target,
-                query=query.tolist(),
-                query_filter=_tenant_filter(tenant, flt),
-                limit=top_k,
-                with_payload=selector,
-                score_threshold=score_threshold,
-            ).points
+        hits = self._on_physical(
+            tenant,
+            name,
+            target,
+            self.client.query_points,
+            query=query.tolist(),
+            query_filter=_tenant_filter(tenant, flt),
+            limit=top_k,
+            with_payload=selector,
+            score_threshold=score_threshold,
+        ).points
         return [_to_point(h) for h in hits]
 
     def scroll(

@@ -11,9 +11,12 @@ State lives in the collection's metadata slot (Qdrant), so every gateway replica
   with a persisted cursor, deterministic ids, on the batcher's backfill lane (capped at
   `backfill_share` of the encoder while online traffic is around). After each page the ids
   are re-checked against the source and any deleted meanwhile are removed again, so a backfill page never
-  resurrects a delete. New writes go to both physicals (services.indexing.write_targets).
-- cutover: when the target holds every live document the alias moves atomically; v1 is kept for
-  `migration_grace_s` so `rollback` can move it back.
+  resurrects a delete, and pages whose documents were overwritten meanwhile are re-embedded. New writes go
+  to every physical (services.migration.state.write_targets).
+- cutover: when the target holds every live document, the live physical and the migration state change
+  in one metadata write (readers plan from it); v1 is kept, and still written, for `migration_grace_s`
+  so `rollback` can move back with nothing lost; rollback reconciles v1 with v2 the same way first and
+  then drops v2.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import numpy as np
 
 from services import metrics, querylog
 from services.errors import Conflict, EncoderUnavailable, InvalidInput, Overloaded
-from services.indexing import MIGRATING, Document, embed_documents, task_for
+from services.indexing import Document, embed_documents, task_for
 from services.migration import drift
+from services.migration.state import ACTIVE
 from services.registry import Side
 from services.store import CollectionInfo, StoredPoint
 
@@ -39,7 +43,6 @@ if TYPE_CHECKING:
     from services.runtime import Runtime
 
 log = logging.getLogger("embedfleet.migration")
-ACTIVE = MIGRATING
 COMPENSATORS = ("none", "mean", "kernel", "procrustes", "linear", "mlp")
 _SENTENCE = re.compile(r"(.+?[.!?])(\s|$)")
 MIN_LOGGED_QUERIES = 50  # fewer logged texts than this are too few to be worth fitting on
@@ -62,7 +65,7 @@ async def start(
 ) -> dict[str, Any]:
     if compensator not in ("auto", *COMPENSATORS):
         raise InvalidInput(f"compensator must be auto or one of {COMPENSATORS}", field="compensator")
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     if info.migration and info.migration.get("state") in ACTIVE:
         raise Conflict(f"collection {name!r} is already migrating", field="to_model")
     spec = rt.embedder.spec(to_model, field="to_model")
@@ -111,7 +114,7 @@ async def _sample(rt: Runtime, info: CollectionInfo, limit: int) -> tuple[list[s
 
 
 async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     mig = dict(info.migration or {})
     source, to = mig["source"], mig["to"]
     texts, doc_old = await _sample(rt, info, rt.settings.migration_sample_size)
@@ -180,30 +183,18 @@ async def fit(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
 async def backfill_page(rt: Runtime, tenant: str, name: str, page_size: int = 64) -> bool:
     """Re-embed one page of the source into the target; True while pages remain. Idempotent: the cursor
     is saved after the page's points, so a redelivered step redoes at most one page (same ids)."""
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     mig = dict(info.migration or {})
     source = mig["source"]["physical"]
     bf = mig["backfill"]
-    if bf.get("total") is None:
-        bf["total"] = info.points_count or 0
+    if bf.get("total") is None:  # counted once: an exact count per page would cost as much as the page
+        bf["total"] = (await asyncio.to_thread(rt.store.get_collection, tenant, name)).points_count or 0
         bf["started_at"] = time.time()
     total = bf["total"]
     page, nxt = await asyncio.to_thread(
         rt.store.scroll, tenant, name, bf["cursor"], page_size, None, True, False, source
     )
-    docs = await source_documents(rt, page)
-    if docs:
-        points = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
-        await asyncio.to_thread(rt.store.upsert, tenant, name, points, mig["target"])
-        alive = {
-            p.id
-            for p in await asyncio.to_thread(
-                rt.store.get_points, tenant, name, [d.id for d in docs], False, source
-            )
-        }
-        gone = [d.id for d in docs if d.id not in alive]
-        if gone:  # deleted while this page was in flight: never resurrect
-            await asyncio.to_thread(rt.store.delete_points, tenant, name, gone, None, mig["target"])
+    await copy_points(rt, info, page, source, mig["target"])
     bf["done"] = bf.get("done", 0) + len(page)
     bf["cursor"] = nxt
     elapsed = max(time.time() - bf["started_at"], 1e-6)
@@ -212,12 +203,40 @@ async def backfill_page(rt: Runtime, tenant: str, name: str, page_size: int = 64
     metrics.MIGRATION_DOCUMENTS.labels(name).inc(len(page))
     metrics.MIGRATION_PROGRESS.labels(name).set(min(bf["done"] / total, 1.0) if total else 1.0)
     mig["backfill"] = bf
-    current = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    current = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     if (current.migration or {}).get("state") != "backfilling":
         return False  # cancelled meanwhile: do not overwrite its state
     await _save(rt, tenant, name, mig)
     log.info("migration %s/%s backfill %d/%d", tenant, name, bf["done"], total)
     return nxt is not None
+
+
+async def copy_points(
+    rt: Runtime, info: CollectionInfo, points: list[StoredPoint], src: str, dst: str
+) -> None:
+    """Re-embed `points` (read from `src`) into `dst` with dst's model, then make dst agree with what src
+    holds now: a document deleted while the page was in flight is deleted again (never resurrected),
+    one overwritten meanwhile is copied again from its new source (a writer's own write to dst may have
+    landed before ours)."""
+    for _ in range(3):
+        docs = await source_documents(rt, points)
+        if not docs:
+            return
+        vecs = await embed_documents(rt, info, docs, lane="backfill", physical=dst)
+        await asyncio.to_thread(rt.store.upsert, info.tenant, info.name, vecs, dst)
+        now = {
+            p.id: p
+            for p in await asyncio.to_thread(
+                rt.store.get_points, info.tenant, info.name, [d.id for d in docs], False, src
+            )
+        }
+        gone = [d.id for d in docs if d.id not in now]
+        if gone:
+            await asyncio.to_thread(rt.store.delete_points, info.tenant, info.name, gone, None, dst)
+        was = {p.id: p for p in points}
+        points = [p for i, p in now.items() if (p.source, p.payload) != (was[i].source, was[i].payload)]
+        if not points:
+            return
 
 
 async def source_documents(rt: Runtime, points: list[StoredPoint]) -> list[Document]:
@@ -236,41 +255,35 @@ async def source_documents(rt: Runtime, points: list[StoredPoint]) -> list[Docum
     return docs
 
 
+async def reconcile(rt: Runtime, info: CollectionInfo, src: str, dst: str) -> int:
+    """Make `dst` hold exactly the documents of `src` (ids), re-embedding missing ones from their stored
+    sources with dst's model; returns how many documents `src` has."""
+    def ids(physical: str) -> set[str]:
+        return {i for page in rt.store.scroll_ids(info.tenant, info.name, physical) for i in page}
+
+    src_ids = await asyncio.to_thread(ids, src)
+    dst_ids = await asyncio.to_thread(ids, dst)
+    extra = sorted(dst_ids - src_ids)
+    if extra:
+        await asyncio.to_thread(rt.store.delete_points, info.tenant, info.name, extra, None, dst)
+    missing = sorted(src_ids - dst_ids)
+    if missing:
+        points = await asyncio.to_thread(rt.store.get_points, info.tenant, info.name, missing, False, src)
+        await copy_points(rt, info, points, src, dst)
+    return len(src_ids)
+
+
 async def cutover(rt: Runtime, tenant: str, name: str) -> None:
     """Switch when the target holds every live document (re-backfilling any stragglers first)."""
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     mig = dict(info.migration or {})
-    source_ids = {
-        i
-        for page in await asyncio.to_thread(
-            lambda: list(rt.store.scroll_ids(tenant, name, mig["source"]["physical"]))
-        )
-        for i in page
-    }
-    target_ids = {
-        i
-        for page in await asyncio.to_thread(lambda: list(rt.store.scroll_ids(tenant, name, mig["target"])))
-        for i in page
-    }
-    extra = sorted(target_ids - source_ids)
-    if extra:
-        await asyncio.to_thread(rt.store.delete_points, tenant, name, extra, None, mig["target"])
-    missing = sorted(source_ids - target_ids)
-    if missing:
-        points = await asyncio.to_thread(
-            rt.store.get_points, tenant, name, missing, False, mig["source"]["physical"]
-        )
-        docs = await source_documents(rt, points)
-        if docs:
-            vecs = await embed_documents(rt, info, docs, lane="backfill", physical=mig["target"])
-            await asyncio.to_thread(rt.store.upsert, tenant, name, vecs, mig["target"])
-    await asyncio.to_thread(rt.store.switch_alias, tenant, name, mig["target"])
+    live = await reconcile(rt, info, mig["source"]["physical"], mig["target"])
     # writes and deletes during the backfill move the goalposts: at cutover every live document is in
-    mig["backfill"].update(done=len(source_ids), total=len(source_ids), eta_s=0)
-    mig["state"] = "done"
-    mig["cutover_at"] = time.time()
+    mig["backfill"].update(done=live, total=live, eta_s=0)
+    mig.update(state="done", cutover_at=time.time(), updated_at=time.time())
+    # one metadata write: the live physical and the state move together (readers plan from it)
+    await asyncio.to_thread(rt.store.switch_alias, tenant, name, mig["target"], mig, "ready")
     metrics.MIGRATION_PROGRESS.labels(name).set(1.0)
-    await _save(rt, tenant, name, mig, "ready")
     log.info("migration %s/%s cutover complete: alias on %s", tenant, name, mig["to"]["model"])
 
 
@@ -281,7 +294,7 @@ async def step(rt: Runtime, tenant: str, name: str) -> float | None:
     the persisted state, so the same steps run in-process or as Celery tasks that a SIGKILL may repeat.
     Transient encoder errors propagate (the caller retries); anything else fails the migration.
     """
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     mig = dict(info.migration or {})
     state = mig.get("state")
     try:
@@ -293,7 +306,7 @@ async def step(rt: Runtime, tenant: str, name: str) -> float | None:
         if state == "backfilling":
             if await backfill_page(rt, tenant, name):
                 return 0.0
-            info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+            info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
             mig = dict(info.migration or {})
             if mig.get("state") == "backfilling":
                 mig["state"] = "cutover"
@@ -334,7 +347,7 @@ async def run_inprocess(rt: Runtime, tenant: str, name: str) -> None:
 
 
 async def cancel(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     mig = dict(info.migration or {})
     if mig.get("state") not in ACTIVE:
         raise Conflict(f"collection {name!r} has no migration in progress", field="name")
@@ -345,13 +358,18 @@ async def cancel(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
 
 
 async def rollback(rt: Runtime, tenant: str, name: str) -> dict[str, Any]:
-    info = await asyncio.to_thread(rt.store.get_collection, tenant, name)
+    """Move reads back to v1. v1 was written alongside v2 since the cutover; a reconciliation catches
+    anything that could not be (v1's model unserved for a while), then v2 is dropped."""
+    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
     mig = dict(info.migration or {})
     if mig.get("state") != "done" or mig.get("source_dropped"):
         raise Conflict("rollback needs a finished migration whose v1 vectors still exist", field="name")
-    await asyncio.to_thread(rt.store.switch_alias, tenant, name, mig["source"]["physical"])
-    mig["state"] = "rolled_back"
-    await _save(rt, tenant, name, mig)
+    source = mig["source"]["physical"]
+    await reconcile(rt, info, mig["target"], source)
+    mig.update(state="rolled_back", rolled_back_at=time.time(), updated_at=time.time())
+    await asyncio.to_thread(rt.store.switch_alias, tenant, name, source, mig)
+    await asyncio.to_thread(rt.store.drop_physical, tenant, name, mig["target"])
+    log.info("migration %s/%s rolled back: alias on %s", tenant, name, mig["source"]["model"])
     return mig
 
 

@@ -13,7 +13,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from services.config import Settings
-from services.errors import Conflict, EmbedfleetError, InvalidInput, NotFound
+from services.errors import Conflict, EmbedfleetError, Inconsistent, InvalidInput, NotFound
 from services.store import (
     DOC_ID_KEY,
     TENANT_KEY,
@@ -181,9 +181,6 @@ def test_get_points_returns_payload_source_and_vector(seeded: VectorStore) -> No
 @pytest.mark.parametrize(
     ("point", "field"),
     [
-        (("d", [0.0] * (DIM - 1), {}), "vector"),
-        (("d", [float("nan")] * DIM, {}), "vector"),
-        (("d", ["x"] * DIM, {}), "vector"),
         (("", [0.0] * DIM, {}), "id"),
         (("d", [0.0] * DIM, {"_tenant": B}), "payload"),
         (("d", [0.0] * DIM, {"_doc_id": "other"}), "payload"),
@@ -195,6 +192,17 @@ def test_bad_points_are_400(seeded: VectorStore, point: tuple[Any, ...], field: 
     with pytest.raises(InvalidInput) as exc:
         seeded.upsert(A, "docs", [point])
     assert exc.value.field == field
+    assert _count(seeded, A, "docs") == 10
+
+
+@pytest.mark.parametrize("vector", [[0.0] * (DIM - 1), [float("nan")] * DIM, ["x"] * DIM])
+def test_vectors_that_do_not_fit_are_the_servers_inconsistency(
+    seeded: VectorStore, vector: list[Any]
+) -> None:
+    """No caller sends vectors: a wrong one was made by the server for a collection it chose (500)."""
+    with pytest.raises(Inconsistent) as exc:
+        seeded.upsert(A, "docs", [("d", vector, {})])
+    assert exc.value.status == 500 and exc.value.type == "server_error"
     assert _count(seeded, A, "docs") == 10
 
 
@@ -239,7 +247,7 @@ def test_search_options(seeded: VectorStore) -> None:
     for top_k in (0, 1001, 2.5):
         with pytest.raises(InvalidInput):
             seeded.search(A, "docs", _vec(4), top_k=top_k)  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput):
+    with pytest.raises(Inconsistent):  # the server made the query vector: its mismatch is a 500
         seeded.search(A, "docs", _vec(4, DIM + 1))
 
 
@@ -372,7 +380,7 @@ def test_switch_alias_moves_reads_and_old_physical_can_be_dropped(seeded: Vector
     v2 = seeded.create_physical(A, "docs", "mpnet", "2", DIM + 4).name
     assert seeded.get_collection(A, "docs").physical == v1  # building v2 changes nothing for readers
     seeded.upsert(A, "docs", _docs(6, DIM + 4), physical=v2)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(Inconsistent):
         seeded.upsert(A, "docs", _docs(1), physical=v2)  # v1's dimension does not fit v2
 
     assert len(seeded.search(A, "docs", _vec(0), top_k=100)) == 10  # still v1
