@@ -107,6 +107,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         settings = settings.model_copy(update={"triton_url": ports.grpc_url})
         os.environ["EMBEDFLEET_TRITON_URL"] = ports.grpc_url  # for worker processes (--workers > 1)
+    store = None
+    if not settings.qdrant_url and settings.store_socket is None:
+        from services.store.host import StoreHost
+
+        store = StoreHost(settings)
+        settings = store.start()
+        log.info(
+            "embedded store (Qdrant Edge) hosted by pid %s on %s", store.proc and store.proc.pid, store.socket
+        )
+        os.environ["EMBEDFLEET_STORE_SOCKET"] = str(settings.store_socket)  # for worker processes
+        os.environ["EMBEDFLEET_STORE_KEY"] = settings.store_key or ""
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that would
     # kill us before `finally` stops the Triton child, so make it an exception instead.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -132,6 +143,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if triton is not None:
             triton.stop()
+        if store is not None:
+            store.stop()
     return 0
 
 

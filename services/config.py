@@ -84,8 +84,24 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # --- storage and jobs ----------------------------------------------------------------------
-    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = local mode under data_dir")
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; unset = the embedded Qdrant Edge store under data_dir/edge"
+    )
     qdrant_api_key: str | None = None
+    store_flush_ms: int = Field(
+        1000,
+        ge=0,
+        description="embedded store: flush to disk at most this long after a write (0 = before answering it)",
+    )
+    store_index_threshold: int = Field(
+        20_000, ge=1, description="embedded store: points outside any index before an HNSW build starts"
+    )
+    store_hnsw_ef: int = Field(128, ge=1, description="HNSW search breadth (recall vs latency)")
+    store_build_threads: int = Field(1, ge=1, description="threads of the embedded store's index builds")
+    store_socket: Path | None = Field(
+        None, description="set by `embedfleet serve`: the embedded store's host process socket"
+    )
+    store_key: str | None = Field(None, description="set by `embedfleet serve`: the store host's key (hex)")
     blob_dir: Path | None = Field(None, description="content-addressed blob store; default data_dir/blobs")
     broker_url: str | None = Field(None, description="Celery broker; unset = jobs run in-process")
     async_threshold: int = Field(256, ge=1, description="documents per request above which indexing is a job")

@@ -14,7 +14,7 @@ from services.embedder import Embedder
 from services.encoders.triton import TritonEncoder
 from services.jobs import JobStore, make_job_store
 from services.registry import Registry, load_registry
-from services.store import VectorStore
+from services.store import VectorStore, open_store
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Runtime:
             settings=settings,
             registry=registry,
             embedder=Embedder(settings, registry, encoder, make_cache(settings)),
-            store=store or VectorStore.from_settings(settings),
+            store=store or open_store(settings),
             blobs=BlobStore.from_settings(settings),
             jobs=make_job_store(settings),
         )

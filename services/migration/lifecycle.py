@@ -258,6 +258,7 @@ async def source_documents(rt: Runtime, points: list[StoredPoint]) -> list[Docum
 async def reconcile(rt: Runtime, info: CollectionInfo, src: str, dst: str) -> int:
     """Make `dst` hold exactly the documents of `src` (ids), re-embedding missing ones from their stored
     sources with dst's model; returns how many documents `src` has."""
+
     def ids(physical: str) -> set[str]:
         return {i for page in rt.store.scroll_ids(info.tenant, info.name, physical) for i in page}
 

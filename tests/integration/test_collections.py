@@ -17,7 +17,7 @@ from bench.corpus import stdlib_docs
 from services.blobs import BlobStore
 from services.config import Settings
 from services.jobs import RedisJobStore, create_job
-from services.store import VectorStore
+from services.store import open_store
 from services.worker.celery_app import enqueue_job
 from tests.integration.conftest import Gateway, Redis, spawn_cli, start_gateway
 
@@ -220,7 +220,7 @@ def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
     own = settings.model_copy(
         update={"data_dir": data_dir, "broker_url": redis_server.url, "job_chunk_size": 20}
     )
-    store = VectorStore.from_settings(own)  # local mode: released before the worker (the owner) starts
+    store = open_store(own)  # embedded store: released before the worker (its owner) starts
     store.create_collection("t1", "docs", MODEL, "1", 384)
     store.close()
     docs = corpus[:600]
@@ -251,7 +251,7 @@ def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(20)
-    store = VectorStore.from_settings(own)
+    store = open_store(own)
     try:
         assert store.get_collection("t1", "docs").points_count == 600
         ids = [i for page in store.scroll_ids("t1", "docs") for i in page]

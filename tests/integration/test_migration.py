@@ -166,7 +166,7 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     from services.indexing import Document, index_documents
     from services.migration import lifecycle
     from services.runtime import Runtime
-    from services.store import VectorStore
+    from services.store import open_store
     from services.worker.celery_app import enqueue_migration_step
     from tests.integration.test_collections import start_worker
 
@@ -208,7 +208,7 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
-    store = VectorStore.from_settings(own)
+    store = open_store(own)
     try:
         info = store.get_collection("t", "c")
         assert info.model == "minilm-e5" and info.migration["state"] == "done"

@@ -313,7 +313,8 @@ def test_schema_settings_allowlist_matches_settings_class() -> None:
         for e in c.get("env", [])
         if e["name"].startswith("EMBEDFLEET_")
     }
-    secrets = {"api_keys", "qdrant_api_key"}
+    # secrets, and what `embedfleet serve` sets for its own worker processes (the store host's socket and key)
+    secrets = {"api_keys", "qdrant_api_key", "store_socket", "store_key"}
     assert not allowed & (chart_set | secrets), allowed & (chart_set | secrets)
     assert allowed | chart_set | secrets == settings_fields(), (
         allowed | chart_set | secrets

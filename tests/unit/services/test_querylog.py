@@ -7,13 +7,13 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from qdrant_client import QdrantClient
 
 from services import querylog
 from services.config import Settings
-from services.store import VectorStore
+from services.store import EdgeBackend, ServerBackend, VectorStore
 
 A, B = "tenant-a", "tenant-b"
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -27,9 +27,12 @@ class FakeRuntime:
     store: VectorStore
 
 
-@pytest.fixture
-def store() -> Iterator[VectorStore]:
-    s = VectorStore(QdrantClient(location=":memory:"), serialize=True)  # as local mode runs
+@pytest.fixture(params=["edge", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "edge":
+        s = VectorStore(EdgeBackend(tmp_path / "edge"))
+    else:
+        s = VectorStore(ServerBackend.local(str(tmp_path / "qdrant")))
     yield s
     s.close()
 

@@ -1,4 +1,5 @@
-"""VectorStore on Qdrant local mode: aliases, deterministic ids, filters, tenancy, migrations, exactness."""
+"""VectorStore on both engines (Qdrant Edge in-process; qdrant-client's local mode standing in for a server):
+deterministic ids, filters, tenancy, migrations, exactness, restarts. Every test runs on each backend."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from services.config import Settings
@@ -17,26 +17,50 @@ from services.errors import Conflict, EmbedfleetError, Inconsistent, InvalidInpu
 from services.store import (
     DOC_ID_KEY,
     TENANT_KEY,
+    EdgeBackend,
     PointIn,
+    ServerBackend,
+    StoreLocked,
     VectorStore,
     alias_name,
+    open_store,
     parse_filter,
     point_id,
 )
+from services.store.edge import EdgeTuning
 
 DIM = 8
 A, B = "tenant-a", "tenant-b"
 
 
-# local mode warns that payload indexes do nothing there: documented in services/store.py, not news
+# local mode warns that payload indexes do nothing there: documented in services/store/server.py
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
 
 
-@pytest.fixture
-def store() -> Iterator[VectorStore]:
-    s = VectorStore(QdrantClient(location=":memory:"))
+def _open(kind: str, path: Path) -> VectorStore:
+    if kind == "edge":
+        return VectorStore(EdgeBackend(path / "edge", EdgeTuning(flush_ms=0)))
+    return VectorStore(ServerBackend.local(str(path / "qdrant")))
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    s = _open(request.param, tmp_path)
     yield s
     s.close()
+
+
+def _exists(store: VectorStore, physical: str) -> bool:
+    backend = store.backend
+    if isinstance(backend, EdgeBackend):
+        return backend.meta.shard(physical) is not None and (backend.root / "shards" / physical).exists()
+    assert isinstance(backend, ServerBackend)
+    return backend.client.collection_exists(physical)
+
+
+def _aliases(store: VectorStore) -> dict[str, str]:
+    assert isinstance(store.backend, ServerBackend)
+    return {a.alias_name: a.collection_name for a in store.backend.client.get_aliases().aliases}
 
 
 def _vec(seed: int, dim: int = DIM) -> np.ndarray:
@@ -69,8 +93,8 @@ def _count(store: VectorStore, tenant: str, name: str) -> int:
 
 def test_alias_resolves_to_the_physical_collection(store: VectorStore) -> None:
     info = store.create_collection(A, "docs", "minilm", "1", DIM)
-    aliases = {a.alias_name: a.collection_name for a in store.client.get_aliases().aliases}
-    assert aliases[info.alias] == info.physical
+    if store.kind == "server":  # operators' tools see the alias; no read path uses it (Edge has none)
+        assert _aliases(store)[info.alias] == info.physical
     assert info.alias == alias_name(A, "docs") != alias_name(B, "docs")
     assert (info.model, info.version, info.dimension, info.distance) == ("minilm", "1", DIM, "cosine")
     assert info.public()["points_count"] is None and "physical" not in info.public()
@@ -96,8 +120,9 @@ def test_create_list_get_delete(store: VectorStore) -> None:
     store.delete_collection(A, "a-docs")
     with pytest.raises(NotFound):
         store.get_collection(A, "a-docs")
-    assert not store.client.collection_exists(physical)
-    assert alias_name(A, "a-docs") not in {a.alias_name for a in store.client.get_aliases().aliases}
+    assert not _exists(store, physical)
+    if store.kind == "server":
+        assert alias_name(A, "a-docs") not in _aliases(store)
     assert [c.name for c in store.list_collections(A)] == ["b-docs"]
     store.create_collection(A, "a-docs", "minilm", "1", DIM)  # the name is free again
     assert _count(store, A, "a-docs") == 0
@@ -128,22 +153,35 @@ def test_quantization_and_on_disk_are_accepted(store: VectorStore, quantization:
     assert len(store.search(A, "q", _vec(1), top_k=3)) == 3
 
 
-def test_metadata_survives_a_restart_in_local_path_mode(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    first = VectorStore.from_settings(settings)
+@pytest.mark.parametrize("kind", ["edge", "server"])
+def test_metadata_and_points_survive_a_restart(tmp_path: Path, kind: str) -> None:
+    first = _open(kind, tmp_path)
     first.create_collection(A, "docs", "minilm", "1", DIM)
     first.upsert(A, "docs", _docs(4))
     first.ensure_payload_index(A, "docs", "lang", "keyword")
     first.close()
-    second = VectorStore.from_settings(settings)  # a fresh process: everything it knows is in Qdrant
+    second = _open(kind, tmp_path)  # a fresh process: everything it knows is on disk
     info = second.get_collection(A, "docs")
     assert info.points_count == 4 and info.indexes == {"lang": "keyword"}
+    assert [h.id for h in second.search(A, "docs", _vec(2), top_k=1)] == ["doc-2"]
     second.close()
 
 
-def test_local_path_mode_serves_a_thread_pool(tmp_path: Path) -> None:
-    """The gateway calls the store from worker threads; local mode's sqlite must not refuse them."""
-    store = VectorStore.from_settings(Settings(data_dir=tmp_path))
+def test_the_embedded_store_has_one_owner(tmp_path: Path) -> None:
+    """A second opener of the data directory gets a clear error (not a corrupted store), in-process or not."""
+    settings = Settings(data_dir=tmp_path)
+    first = open_store(settings)
+    first.create_collection(A, "docs", "minilm", "1", DIM)
+    with pytest.raises(StoreLocked, match="in use by pid"):
+        open_store(settings)
+    first.close()
+    again = open_store(settings)  # released on close
+    assert again.get_collection(A, "docs").points_count == 0
+    again.close()
+
+
+def test_serves_a_thread_pool(store: VectorStore) -> None:
+    """The gateway calls the store from worker threads."""
     store.create_collection(A, "docs", "minilm", "1", DIM)
 
     def work(i: int) -> int:
@@ -153,7 +191,6 @@ def test_local_path_mode_serves_a_thread_pool(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(work, range(8))) == [3] * 8
     assert _count(store, A, "docs") == 40
-    store.close()
 
 
 # --- points ------------------------------------------------------------------------------------
@@ -165,7 +202,9 @@ def test_upsert_is_idempotent_with_deterministic_ids(seeded: VectorStore) -> Non
     assert _count(seeded, A, "docs") == 10
     [point] = seeded.get_points(A, "docs", ["doc-3"])
     assert point.payload == {"n": 333} and point.source is None
-    record = seeded.client.retrieve(seeded.get_collection(A, "docs").alias, [point_id(A, "docs", "doc-3")])
+    record = seeded.backend.retrieve(
+        seeded.get_collection(A, "docs").physical, [point_id(A, "docs", "doc-3")], False
+    )
     assert record[0].payload == {"n": 333, TENANT_KEY: A, DOC_ID_KEY: "doc-3"}
 
 
@@ -360,16 +399,15 @@ def test_foreign_points_in_a_physical_collection_stay_invisible(seeded: VectorSt
     """Defence in depth: were a point of another tenant ever written into A's collection, A's reads,
     deletes and scrolls would still not see or touch it (the `_tenant` condition rides on all of them)."""
     physical = seeded.get_collection(A, "docs").physical
-    stray = qm.PointStruct(
-        id=point_id(B, "docs", "doc-0"), vector=_vec(0).tolist(), payload={TENANT_KEY: B, DOC_ID_KEY: "doc-0"}
-    )
-    seeded.client.upsert(physical, [stray])
+    stray = (point_id(B, "docs", "doc-0"), _vec(0), {TENANT_KEY: B, DOC_ID_KEY: "doc-0"})
+    seeded.backend.upsert(physical, [stray])
     hits = seeded.search(A, "docs", _vec(0), top_k=100)
     assert len(hits) == len({h.id for h in hits}) == 10
     assert sum(len(p) for p in seeded.scroll_ids(A, "docs")) == 10
     assert _count(seeded, A, "docs") == 10
     seeded.delete_points(A, "docs", filter={})
-    assert seeded.client.count(physical).count == 1  # only B's stray point is left
+    everything = qm.Filter(must=[])
+    assert seeded.backend.count(physical, everything) == 1  # only B's stray point is left
 
 
 # --- migrations --------------------------------------------------------------------------------
@@ -386,7 +424,8 @@ def test_switch_alias_moves_reads_and_old_physical_can_be_dropped(seeded: Vector
     assert len(seeded.search(A, "docs", _vec(0), top_k=100)) == 10  # still v1
     info = seeded.switch_alias(A, "docs", v2)
     assert (info.model, info.version, info.dimension) == ("mpnet", "2", DIM + 4)
-    assert {a.alias_name: a.collection_name for a in seeded.client.get_aliases().aliases}[info.alias] == v2
+    if seeded.kind == "server":
+        assert _aliases(seeded)[info.alias] == v2
     hits = seeded.search(A, "docs", _vec(0, DIM + 4), top_k=100)
     assert len(hits) == 6 and hits[0].id == "doc-0"
     assert len(seeded.search(A, "docs", _vec(0), top_k=100, physical=v1)) == 10  # v1 kept for rollback
@@ -399,7 +438,7 @@ def test_switch_alias_moves_reads_and_old_physical_can_be_dropped(seeded: Vector
     with pytest.raises(Conflict):
         seeded.drop_physical(A, "docs", v2)
     info = seeded.drop_physical(A, "docs", v1)
-    assert [p.name for p in info.physicals] == [v2] and not seeded.client.collection_exists(v1)
+    assert [p.name for p in info.physicals] == [v2] and not _exists(seeded, v1)
     with pytest.raises(NotFound):
         seeded.search(A, "docs", _vec(0), physical=v1)
 

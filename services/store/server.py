@@ -1,0 +1,257 @@
+"""`ServerBackend`: a Qdrant server through qdrant-client (or its local mode, the server's stand-in in tests).
+
+For deployments that outgrow one process: several gateway replicas and Celery workers sharing the
+store, collections beyond one machine's memory, sharding and replication (docs/operations.md). Collection
+records and the query log live in two small Qdrant collections of their own (`ef_meta`, `ef_querylog`),
+so every replica and worker sees the same state with no local files.
+
+Local mode (`QdrantClient(path=...)`) is a Python emulation: brute-force search, quantization and HNSW
+settings accepted and ignored, one owning process, not safe for concurrent threads (a lock serialises
+it). It exists here so the server API is exercised without a server binary.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from services.store.backend import Record, Search, ShardSpec
+
+META_COLLECTION = "ef_meta"
+QUERY_LOG_COLLECTION = "ef_querylog"
+WRITE_BATCH = 256
+DISTANCES: dict[str, qm.Distance] = {
+    "cosine": qm.Distance.COSINE,
+    "dot": qm.Distance.DOT,
+    "euclid": qm.Distance.EUCLID,
+    "manhattan": qm.Distance.MANHATTAN,
+}
+
+
+def _quantization(quantization: str) -> qm.QuantizationConfig | None:
+    if quantization == "scalar":
+        return qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, always_ram=True)
+        )
+    if quantization == "binary":
+        return qm.BinaryQuantization(binary=qm.BinaryQuantizationConfig(always_ram=True))
+    return None
+
+
+def _record(r: qm.Record | qm.ScoredPoint, with_vectors: bool = False) -> Record:
+    vector = [float(v) for v in r.vector] if with_vectors and isinstance(r.vector, list) else None
+    return Record(str(r.id), dict(r.payload or {}), vector, getattr(r, "score", None))
+
+
+class ServerBackend:
+    kind = "server"
+
+    def __init__(self, client: QdrantClient, *, serialize: bool = False) -> None:
+        """`serialize` holds one lock around every call: local mode is not safe for concurrent threads."""
+        self.client = client
+        self._io: AbstractContextManager[Any] = threading.RLock() if serialize else nullcontext()
+        self._tables: set[str] = set()  # key-value tables known to exist: checked once per process
+        self._table(META_COLLECTION, "tenant")
+
+    @classmethod
+    def connect(cls, url: str, api_key: str | None = None) -> ServerBackend:
+        return cls(QdrantClient(url=url, api_key=api_key))
+
+    @classmethod
+    def local(cls, path: str) -> ServerBackend:
+        # the gateway calls from a thread pool: local mode is plain dicts over sqlite, whose same-thread
+        # check (on where sqlite is not built thread-safe) would refuse; the lock serialises instead
+        return cls(QdrantClient(path=path, force_disable_check_same_thread=True), serialize=True)
+
+    def _table(self, collection: str, key: str) -> None:
+        """A key-value table with a keyword index on `key`; a constant 1-d vector because older servers
+        reject vector-less points."""
+        if collection in self._tables:
+            return
+        with self._io:
+            if not self.client.collection_exists(collection):
+                try:
+                    self.client.create_collection(
+                        collection, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
+                    )
+                except Exception:
+                    if not self.client.collection_exists(collection):  # lost a start-up race: fine
+                        raise
+                else:
+                    self.client.create_payload_index(collection, key, qm.PayloadSchemaType.KEYWORD, wait=True)
+        self._tables.add(collection)
+
+    # --- physical collections ---------------------------------------------------------------------
+    def create(self, physical: str, spec: ShardSpec, indexes: Mapping[str, str]) -> None:
+        with self._io:
+            self.client.create_collection(
+                physical,
+                vectors_config=qm.VectorParams(
+                    size=spec.dimension, distance=DISTANCES[spec.distance], on_disk=spec.on_disk
+                ),
+                quantization_config=_quantization(spec.quantization),
+            )
+            for key, schema in indexes.items():
+                self.client.create_payload_index(physical, key, qm.PayloadSchemaType(schema), wait=True)
+
+    def drop(self, physical: str) -> None:
+        with self._io:
+            self.client.delete_collection(physical)
+
+    def create_index(self, physical: str, field: str, schema: str) -> None:
+        with self._io:
+            self.client.create_payload_index(physical, field, qm.PayloadSchemaType(schema), wait=True)
+
+    def set_alias(self, alias: str, physical: str | None) -> None:
+        """One alias request, so no reader of the alias ever finds it missing."""
+        with self._io:
+            current = {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+            ops: list[qm.CreateAliasOperation | qm.DeleteAliasOperation] = []
+            if alias in current:
+                ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+            if physical is not None:
+                ops.append(
+                    qm.CreateAliasOperation(
+                        create_alias=qm.CreateAlias(collection_name=physical, alias_name=alias)
+                    )
+                )
+            if ops:
+                self.client.update_collection_aliases(ops)
+
+    # --- points -----------------------------------------------------------------------------------
+    def upsert(self, physical: str, points: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+        structs = [
+            qm.PointStruct(id=pid, vector=vec.tolist(), payload=payload) for pid, vec, payload in points
+        ]
+        with self._io:
+            for start in range(0, len(structs), WRITE_BATCH):
+                self.client.upsert(physical, points=structs[start : start + WRITE_BATCH], wait=True)
+
+    def delete(self, physical: str, flt: qm.Filter) -> None:
+        with self._io:
+            self.client.delete(physical, points_selector=qm.FilterSelector(filter=flt), wait=True)
+
+    def retrieve(self, physical: str, ids: Sequence[str], with_vectors: bool) -> list[Record]:
+        with self._io:
+            records = self.client.retrieve(physical, list(ids), with_payload=True, with_vectors=with_vectors)
+        return [_record(r, with_vectors) for r in records]
+
+    def query(self, physical: str, search: Search) -> list[Record]:
+        params = qm.SearchParams(hnsw_ef=search.hnsw_ef) if search.hnsw_ef else None
+        with self._io:
+            hits = self.client.query_points(
+                physical,
+                query=search.vector.tolist(),
+                query_filter=search.filter,
+                limit=search.limit,
+                with_payload=search.with_payload,
+                score_threshold=search.score_threshold,
+                search_params=params,
+            ).points
+        return [_record(h) for h in hits]
+
+    def scroll(
+        self,
+        physical: str,
+        flt: qm.Filter,
+        limit: int,
+        offset: str | None,
+        with_payload: bool | list[str],
+        with_vectors: bool,
+    ) -> tuple[list[Record], str | None]:
+        with self._io:
+            records, nxt = self.client.scroll(
+                physical,
+                scroll_filter=flt,
+                limit=limit,
+                offset=offset,
+                with_payload=with_payload,
+                with_vectors=with_vectors,
+            )
+        return [_record(r, with_vectors) for r in records], None if nxt is None else str(nxt)
+
+    def count(self, physical: str, flt: qm.Filter) -> int:
+        with self._io:
+            return self.client.count(physical, count_filter=flt, exact=True).count
+
+    # --- collection records -----------------------------------------------------------------------
+    def meta_get(self, key: str) -> dict[str, Any] | None:
+        with self._io:
+            records = self.client.retrieve(META_COLLECTION, [key], with_payload=True)
+        return dict(records[0].payload) if records and records[0].payload else None
+
+    def meta_put(self, key: str, tenant: str, doc: Mapping[str, Any]) -> None:
+        point = qm.PointStruct(id=key, vector=[1.0], payload={**doc, "tenant": tenant})
+        with self._io:
+            self.client.upsert(META_COLLECTION, points=[point], wait=True)
+
+    def meta_delete(self, key: str) -> None:
+        with self._io:
+            self.client.delete(META_COLLECTION, points_selector=qm.PointIdsList(points=[key]), wait=True)
+
+    def meta_list(self, tenant: str | None) -> list[dict[str, Any]]:
+        flt = None
+        if tenant is not None:
+            flt = qm.Filter(must=[qm.FieldCondition(key="tenant", match=qm.MatchValue(value=tenant))])
+        out: list[dict[str, Any]] = []
+        offset: Any = None
+        while True:
+            with self._io:
+                records, offset = self.client.scroll(
+                    META_COLLECTION, scroll_filter=flt, limit=256, offset=offset, with_payload=True
+                )
+            out += [dict(r.payload) for r in records if r.payload]
+            if offset is None:
+                return out
+
+    # --- query log --------------------------------------------------------------------------------
+    def _log_key(self, key: str) -> qm.FieldCondition:
+        return qm.FieldCondition(key="key", match=qm.MatchValue(value=key))
+
+    def log_put(self, key: str, slot_id: str, text: str, at: float) -> None:
+        self._table(QUERY_LOG_COLLECTION, "key")
+        point = qm.PointStruct(id=slot_id, vector=[1.0], payload={"key": key, "text": text, "at": at})
+        with self._io:
+            self.client.upsert(QUERY_LOG_COLLECTION, points=[point], wait=False)
+
+    def log_recall(self, key: str, since: float, limit: int) -> list[str]:
+        self._table(QUERY_LOG_COLLECTION, "key")
+        stale = qm.Filter(must=[self._log_key(key), qm.FieldCondition(key="at", range=qm.Range(lt=since))])
+        with self._io:
+            self.client.delete(
+                QUERY_LOG_COLLECTION, points_selector=qm.FilterSelector(filter=stale), wait=True
+            )
+        texts: list[str] = []
+        offset: Any = None
+        while len(texts) < limit:
+            with self._io:
+                records, offset = self.client.scroll(
+                    QUERY_LOG_COLLECTION,
+                    scroll_filter=qm.Filter(must=[self._log_key(key)]),
+                    limit=min(256, limit - len(texts)),
+                    offset=offset,
+                    with_payload=True,
+                )
+            texts += [r.payload["text"] for r in records if r.payload]  # stale ones were deleted above
+            if offset is None:
+                break
+        return texts
+
+    def log_forget(self, key: str) -> None:
+        with self._io:
+            if not self.client.collection_exists(QUERY_LOG_COLLECTION):
+                return
+            selector = qm.FilterSelector(filter=qm.Filter(must=[self._log_key(key)]))
+            self.client.delete(QUERY_LOG_COLLECTION, points_selector=selector, wait=True)
+
+    def flush(self) -> None:
+        return None  # the server persists on its own schedule; `wait=True` writes are acknowledged durable
+
+    def close(self) -> None:
+        self.client.close()
