@@ -20,13 +20,15 @@ from services.registry import Kind, ModelSpec, Registry
 from trt_build import engine as trt_engine
 from trt_build.parity import MIN_COSINE, PARITY_SENTENCES, ParityReport, compare, reference_embeddings
 from trt_build.profiles import text_profile, trtexec_shapes
-from trt_build.triton_config import TEXT_INPUTS, CpuOptions, cpu_config, gpu_config
+from trt_build.triton_config import CpuOptions, cpu_config, gpu_config, token_inputs
 
 BUILD_CODE = [
     Path(__file__).with_name(n)
     for n in (
         "build.py",
         "export.py",
+        "cross_encoder.py",
+        "parity.py",
         "python_model.py",
         "triton_config.py",
         "torch_cuda_model.py",
@@ -62,7 +64,7 @@ def _digest(paths: list[Path], extra: str) -> str:
 
 
 def _model_dir(spec: ModelSpec, settings: Settings) -> Path | None:
-    if spec.source.type == "random-init":
+    if not spec.has_source_dir:
         return None  # built from its transformers config: nothing on disk
     if spec.source.type == "split-zip":
         from trt_build.weights import materialize
@@ -114,6 +116,8 @@ def build(
         report.say(f"dual-tower model: nothing to build; build its towers {sorted(spec.towers.values())}")
         report.up_to_date = True
         return report
+    if spec.kind is Kind.cross_encoder and target == "torch-cuda":
+        raise ValueError(f"{spec.name}: cross-encoders build for --target cpu or gpu, not torch-cuda")
     repo = settings.model_repository
     model_root = repo / spec.triton_name
     version_dir = model_root / spec.version
@@ -146,7 +150,16 @@ def build(
             json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True)
         )
         return report
-    if spec.source.type == "random-init":
+    if spec.kind is Kind.cross_encoder:
+        from trt_build.cross_encoder import export_and_check
+
+        assert model_dir is not None  # the registry requires a tokenizer folder
+        report.figures.update(export_and_check(spec, model_dir, onnx_path, report.say))
+        if _tensorrt_step(spec, onnx_path, repo, target, report) is not None:
+            report.say(
+                "warning: TensorRT parity is not checked for cross-encoders (run_engine takes 2 inputs)"
+            )
+    elif spec.source.type == "random-init":
         from trt_build.towers import export_tower
 
         figures = export_tower(spec, onnx_path)
@@ -177,26 +190,34 @@ def build(
         report.say(str(parity))
         if not parity.ok:
             raise RuntimeError(str(parity))
-        profile = text_profile(spec)
-        report.figures["trt_profile"] = profile.as_dict()
-        report.say(f"TensorRT profile {profile.as_dict()} ({' '.join(trtexec_shapes(profile, TEXT_INPUTS))})")
-        if target == "gpu":
-            result = trt_engine.build_engine(
-                onnx_path, repo / spec.engines.get("tensorrt", ""), profile, TEXT_INPUTS
-            )
-            report.say(f"TensorRT engine: {result.reason}")
-            if result.built and result.path is not None:
-                reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)
-                ids, mask = _st_tokenize(model_dir, spec)(list(PARITY_SENTENCES))
-                trt_parity = compare("tensorrt", trt_engine.run_engine(result.path, ids, mask), reference)
-                report.say(str(trt_parity))
-                if not trt_parity.ok:
-                    raise RuntimeError(str(trt_parity))
+        plan = _tensorrt_step(spec, onnx_path, repo, target, report)
+        if plan is not None:
+            reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)
+            ids, mask = _st_tokenize(model_dir, spec)(list(PARITY_SENTENCES))
+            trt_parity = compare("tensorrt", trt_engine.run_engine(plan, ids, mask), reference)
+            report.say(str(trt_parity))
+            if not trt_parity.ok:
+                raise RuntimeError(str(trt_parity))
 
     write_repository_entry(spec, model_root, target, opts)
     report.say(f"wrote Triton {target} entry {model_root}/config.pbtxt")
     stamp_path.write_text(json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True))
     return report
+
+
+def _tensorrt_step(
+    spec: ModelSpec, onnx_path: Path, repo: Path, target: str, report: BuildReport
+) -> Path | None:
+    """Record the registry's TensorRT profile; for `gpu`, build the engine. Returns the plan when built."""
+    inputs = token_inputs(spec)
+    profile = text_profile(spec)
+    report.figures["trt_profile"] = profile.as_dict()
+    report.say(f"TensorRT profile {profile.as_dict()} ({' '.join(trtexec_shapes(profile, inputs))})")
+    if target != "gpu":
+        return None
+    result = trt_engine.build_engine(onnx_path, repo / spec.engines.get("tensorrt", ""), profile, inputs)
+    report.say(f"TensorRT engine: {result.reason}")
+    return result.path if result.built else None
 
 
 def write_repository_entry(spec: ModelSpec, model_root: Path, target: str, opts: CpuOptions) -> None:

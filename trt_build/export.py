@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.registry import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embeddings"
@@ -51,31 +55,41 @@ def _pooled_module(spec: ModelSpec, model_dir: Path):  # type: ignore[no-untyped
     return Pooled().eval()
 
 
-def export_onnx(spec: ModelSpec, model_dir: Path, out_path: Path) -> dict[str, float]:
-    """Export with dynamic batch and sequence axes (legacy exporter: the dynamo one mishandles them)."""
+def export_module(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_name: str,
+    out_path: Path,
+) -> dict[str, float]:
+    """Export token inputs with dynamic batch and sequence axes (legacy exporter: the dynamo one mishandles
+    them), written beside the target and renamed into place so a crash never leaves half a graph."""
     import torch
 
-    module = _pooled_module(spec, model_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".onnx.tmp")
-    ids = torch.ones((2, 8), dtype=torch.int64)
-    mask = torch.ones((2, 8), dtype=torch.int64)
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
     start = time.perf_counter()
     with torch.no_grad():
         torch.onnx.export(
             module,
-            (ids, mask),
+            example,
             str(tmp),
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-                OUTPUT_NAME: {0: "batch"},
-            },
+            input_names=list(input_names),
+            output_names=[output_name],
+            dynamic_axes={**axes, output_name: {0: "batch"}},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
         )
     tmp.replace(out_path)
     return {"export_s": time.perf_counter() - start, "onnx_mb": out_path.stat().st_size / 1e6}
+
+
+def export_onnx(spec: ModelSpec, model_dir: Path, out_path: Path) -> dict[str, float]:
+    import torch
+
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    return export_module(
+        _pooled_module(spec, model_dir), (ids, ids.clone()), INPUT_NAMES, OUTPUT_NAME, out_path
+    )

@@ -1,4 +1,5 @@
-"""Parity of an exported engine against the sentence-transformers reference on fixed sentences."""
+"""Parity of an exported engine against its reference on fixed inputs: sentence-transformers embeddings
+(cosine) for encoders, transformers' own forward on (query, document) pairs (absolute score) for rerankers."""
 
 from __future__ import annotations
 
@@ -31,6 +32,57 @@ PARITY_SENTENCES: tuple[str, ...] = (
     "Return a new list containing all items from the iterable in ascending order.",
     "The mitochondria is the powerhouse of the cell.",
 )
+
+
+# Cross-encoder pairs: a relevant and an irrelevant document per query, empty sides, a long document cut
+# by truncation, two long sides cut together ('longest_first'), unicode, and the same document under
+# two queries (a score that ignored either side would show).
+_LONG = PARITY_SENTENCES[11]
+PARITY_PAIRS: tuple[tuple[str, str], ...] = (
+    ("What do people eat?", PARITY_SENTENCES[0]),
+    ("What do people eat?", PARITY_SENTENCES[15]),
+    ("capital of France", PARITY_SENTENCES[5]),
+    ("capital of France", PARITY_SENTENCES[6]),
+    ("How do I reset my password?", "Open settings, choose security and click 'reset password'."),
+    ("How do I reset my password?", ""),
+    ("", PARITY_SENTENCES[1]),
+    ("vector search", PARITY_SENTENCES[7]),
+    ("recursive fibonacci in python", PARITY_SENTENCES[10]),
+    ("what is truncated?", _LONG),
+    (_LONG, "a short document"),
+    (_LONG, " ".join(reversed(_LONG.split()))),
+    ("emoji 🚀", PARITY_SENTENCES[12]),
+    ("42", PARITY_SENTENCES[8]),
+    ("sort a list", PARITY_SENTENCES[14]),
+    ("sort a list", PARITY_SENTENCES[4]),
+)
+MAX_SCORE_DIFF = 1e-5  # absolute, on raw logits
+
+
+@dataclass(frozen=True)
+class ScoreParity:
+    engine: str
+    pairs: int
+    max_abs_diff: float
+    score_spread: float  # std of the reference scores: near 0 would make the check meaningless
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= MAX_SCORE_DIFF
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else f"FAILED (> {MAX_SCORE_DIFF:.0e})"
+        return (
+            f"score parity {self.engine}: {self.pairs} pairs, max |diff| {self.max_abs_diff:.2e} "
+            f"(reference score std {self.score_spread:.3f}) {verdict}"
+        )
+
+
+def compare_scores(engine: str, got: np.ndarray, want: np.ndarray) -> ScoreParity:
+    got, want = got.astype(np.float64).reshape(-1), want.astype(np.float64).reshape(-1)
+    if got.shape != want.shape:
+        raise ValueError(f"{engine}: {got.shape[0]} scores for {want.shape[0]} pairs")
+    return ScoreParity(engine, len(want), float(np.abs(got - want).max()), float(want.std()))
 
 
 @dataclass(frozen=True)

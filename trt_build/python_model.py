@@ -4,6 +4,8 @@ Copied into the repository as `<model>/<version>/model.py`. It imports only nump
 backend's own utilities (the stub runs it in its own process). All requests of one `execute` call are
 merged into one set of rows, sorted by true length and run in padded chunks: padding, not the model,
 decides CPU throughput, and requests from different gateway processes arrive with different lengths.
+Token models take every int64 input the config names (a cross-encoder adds `token_type_ids`); each
+request's rows go back shaped as the config's output dims (a reranker's [n] scores as [n, 1]).
 """
 
 from __future__ import annotations
@@ -39,25 +41,26 @@ class TritonPythonModel:
         )
         self.input_names = [i["name"] for i in config["input"]]
         self.output_name = config["output"][0]["name"]
+        self.output_dims = [int(d) for d in config["output"][0]["dims"]]  # per row, as clients see it
         self.is_text = self.input_names[0] == "input_ids"
         self.max_tokens = int(params.get("max_batch_tokens", "8192"))
+        # a model may ignore a token input (token_type_ids of a reranker that has none): not fed then
+        self.feeds = {i.name for i in self.session.get_inputs()}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.output_name], feeds)[0]
 
-    def _text(self, arrays: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def _text(self, arrays: list[tuple[np.ndarray, ...]]) -> np.ndarray:
         """Merge ragged requests, sort rows by length, run in chunks under the token budget."""
-        total = sum(ids.shape[0] for ids, _ in arrays)
-        width = max(ids.shape[1] for ids, _ in arrays)
-        ids_all = np.zeros((total, width), dtype=np.int64)
-        mask_all = np.zeros((total, width), dtype=np.int64)
+        total = sum(tensors[0].shape[0] for tensors in arrays)
+        width = max(tensors[0].shape[1] for tensors in arrays)
+        merged = np.zeros((len(self.input_names), total, width), dtype=np.int64)
         row = 0
-        for ids, mask in arrays:
-            n, length = ids.shape
-            ids_all[row : row + n, :length] = ids
-            mask_all[row : row + n, :length] = mask
+        for tensors in arrays:
+            n, length = tensors[0].shape
+            merged[:, row : row + n, :length] = np.stack(tensors)
             row += n
-        lengths = mask_all.sum(axis=1)
+        lengths = merged[self.input_names.index("attention_mask")].sum(axis=1)
         order = np.argsort(-lengths, kind="stable")
         out: np.ndarray | None = None
         start = 0
@@ -71,10 +74,16 @@ class TritonPythonModel:
             ):
                 rows += 1
             idx = order[start : start + rows]
-            emb = self._run({"input_ids": ids_all[idx, :longest], "attention_mask": mask_all[idx, :longest]})
+            result = self._run(
+                {
+                    name: merged[k, idx, :longest]
+                    for k, name in enumerate(self.input_names)
+                    if name in self.feeds
+                }
+            )
             if out is None:
-                out = np.empty((total, emb.shape[1]), dtype=np.float32)
-            out[idx] = emb
+                out = np.empty((total, *result.shape[1:]), dtype=np.float32)
+            out[idx] = result
             start += rows
         assert out is not None
         return out
@@ -90,8 +99,9 @@ class TritonPythonModel:
         errors: dict[int, str] = {}
         for i, request in enumerate(requests):
             tensors = [pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names]
-            if self.is_text and tensors[0].shape != tensors[1].shape:
-                errors[i] = f"input_ids {tensors[0].shape} and attention_mask {tensors[1].shape} differ"
+            if self.is_text and any(t.shape != tensors[0].shape for t in tensors):
+                shapes = ", ".join(f"{n} {t.shape}" for n, t in zip(self.input_names, tensors, strict=True))
+                errors[i] = f"token inputs must have one shape: {shapes}"
                 sizes.append(0)
                 continue
             arrays.append(tuple(tensors) if self.is_text else tensors[0])
@@ -106,7 +116,9 @@ class TritonPythonModel:
                 )
                 continue
             assert merged is not None
-            tensor = pb_utils.Tensor(self.output_name, merged[offset : offset + n])
+            # the config's dims: a reranker's [n] scores go out as [n, 1], as the ONNX backend reshapes them
+            part = merged[offset : offset + n].reshape(n, *self.output_dims)
+            tensor = pb_utils.Tensor(self.output_name, part)
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             offset += n
         return responses

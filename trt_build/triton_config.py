@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.registry import ModelSpec
+from services.registry import Kind, ModelSpec
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
+PAIR_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # cross-encoder: tokenized (query, doc) pairs
 IMAGE_INPUT = "pixel_values"
 OUTPUT = "embeddings"
+SCORES = "scores"  # cross-encoder: one raw logit per pair
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,14 @@ class CpuOptions:
     queue_delay_us: int = 200
 
 
+def token_inputs(spec: ModelSpec) -> tuple[str, ...]:
+    """The token tensors a text model takes: the TensorRT profile and the config name the same ones."""
+    return PAIR_INPUTS if spec.kind is Kind.cross_encoder else TEXT_INPUTS
+
+
 def _io_block(spec: ModelSpec, ragged: bool) -> str:
     lines = ["input ["]
-    if spec.kind.value == "image-encoder":
+    if spec.kind is Kind.image_encoder:
         size = spec.image.size if spec.image else 224
         dims = f"dims: [ 3, {size}, {size} ]"
         entries = [f'  {{\n    name: "{IMAGE_INPUT}"\n    data_type: TYPE_FP32\n    {dims}\n  }}']
@@ -37,14 +44,21 @@ def _io_block(spec: ModelSpec, ragged: bool) -> str:
         extra = "\n    allow_ragged_batch: true" if ragged else ""
         entries = [
             f'  {{\n    name: "{name}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]{extra}\n  }}'
-            for name in TEXT_INPUTS
+            for name in token_inputs(spec)
         ]
     lines.append(",\n".join(entries))
     lines.append("]")
     lines.append("output [")
-    lines.append(
-        f'  {{\n    name: "{OUTPUT}"\n    data_type: TYPE_FP32\n    dims: [ {spec.dimension} ]\n  }}'
-    )
+    if spec.kind is Kind.cross_encoder:
+        # the graph returns [batch]; Triton needs non-empty dims, so clients see [batch, 1]
+        lines.append(
+            f'  {{\n    name: "{SCORES}"\n    data_type: TYPE_FP32\n    dims: [ 1 ]\n'
+            "    reshape: { shape: [ ] }\n  }"
+        )
+    else:
+        lines.append(
+            f'  {{\n    name: "{OUTPUT}"\n    data_type: TYPE_FP32\n    dims: [ {spec.dimension} ]\n  }}'
+        )
     lines.append("]")
     return "\n".join(lines)
 
@@ -64,7 +78,7 @@ def cpu_config(spec: ModelSpec, opts: CpuOptions) -> str:
         'backend: "python"',
         f"max_batch_size: {spec.batching.max_batch_size}",
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {opts.queue_delay_us}\n}}",
-        _io_block(spec, ragged=spec.kind.value != "image-encoder"),
+        _io_block(spec, ragged=spec.kind is not Kind.image_encoder),
         f"instance_group [\n  {{\n    count: {opts.instance_count}\n    kind: KIND_CPU\n  }}\n]",
         _param("onnx_file", "model.onnx"),
         _param("intra_op_threads", opts.ort_threads),

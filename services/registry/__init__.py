@@ -34,6 +34,7 @@ class Kind(StrEnum):
     image_encoder = "image-encoder"
     dual_tower = "dual-tower"
     vlm = "vlm"
+    cross_encoder = "cross-encoder"  # reranker: a (query, document) pair in, one relevance score out
 
 
 class _Strict(BaseModel):
@@ -49,8 +50,10 @@ class Source(_Strict):
     packages: list[str] = Field(default_factory=list)  # split-zip: pieces in order
     member_glob: str = ""  # split-zip: file name pattern of the piece inside each package
     sha256: str | None = None  # split-zip: checksum of the assembled archive
-    path: str | None = None  # path: relative to the repository root
-    architecture: str | None = None  # random-init: transformers config class, e.g. CLIPVisionConfig
+    path: str | None = None  # path: relative to the repository root (or absolute)
+    # random-init: transformers config class (CLIPVisionConfig) or, for a cross-encoder, model class
+    # (BertForSequenceClassification); `package`/`subdir` or `path` may name a folder holding its tokenizer
+    architecture: str | None = None
     config: dict[str, object] = Field(default_factory=dict)  # random-init: config overrides
 
     @model_validator(mode="after")
@@ -128,6 +131,18 @@ class ModelSpec(_Strict):
     fusion: Fusion | None = None
     towers: dict[Literal["text", "image"], str] = Field(default_factory=dict)  # dual-tower: model names
     triton_model: str | None = None  # serve through another entry's engine (e.g. a new template version)
+    # cross-encoder: the engine returns the raw logit; the core applies `activation` (sentence-transformers'
+    # CrossEncoder default for one label is sigmoid, but ms-marco-MiniLM-L-6-v2's config says identity)
+    activation: Literal["none", "sigmoid"] = "none"
+    pair_truncation: Literal["longest_first", "only_second"] = "longest_first"  # cross-encoder pairs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cross_encoder_defaults(cls, data: object) -> object:
+        """A cross-encoder has one score per pair, no pooling, no normalization: its entry need not say so."""
+        if isinstance(data, dict) and data.get("kind") == Kind.cross_encoder.value:
+            return {"dimension": 1, "pooling": "none", "normalize": False, **data}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -149,6 +164,15 @@ class ModelSpec(_Strict):
             raise ValueError("a vlm model needs image_placeholder")
         if self.kind is Kind.image_encoder and self.image is None:
             raise ValueError("an image encoder needs an 'image' preprocessing block")
+        if self.kind is Kind.cross_encoder:
+            if self.modality is not Modality.text or self.dimension != 1 or self.matryoshka_dims:
+                raise ValueError("a cross-encoder is a text model with one score per pair (dimension 1)")
+            if self.pooling != "none" or self.normalize:
+                raise ValueError("a cross-encoder scores pairs: no pooling, no normalize")
+            if not self.tokenizer:
+                raise ValueError("a cross-encoder needs its tokenizer (pairs are encoded by the gateway)")
+        elif {"activation", "pair_truncation"} & self.model_fields_set:
+            raise ValueError("activation and pair_truncation apply to cross-encoders only")
         if self.batching.max_batch_tokens < self.max_seq_length:
             raise ValueError("batching.max_batch_tokens must hold at least one max-length sequence")
         return self
@@ -169,18 +193,23 @@ class ModelSpec(_Strict):
         """Local folder of the model's files (tokenizer, weights). Never touches the network."""
         root = repo_root or Path(__file__).resolve().parents[2]
         src = self.source
-        if src.type == "python-package":
-            spec = importlib.util.find_spec(src.package or "")
-            if spec is None or not spec.submodule_search_locations:
-                raise ConfigError(f"model {self.name}: package {src.package!r} is not installed")
-            return Path(next(iter(spec.submodule_search_locations))) / src.subdir
-        if src.type == "path":
-            return root / (src.path or "")
         if src.type == "split-zip":
             from services.config import PACKAGE_ROOT
 
             return PACKAGE_ROOT / "var" / "models" / self.name / src.subdir
-        raise ConfigError(f"model {self.name}: random-init models have no source folder")
+        if src.package:  # python-package, or the folder a random-init model takes its tokenizer from
+            spec = importlib.util.find_spec(src.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ConfigError(f"model {self.name}: package {src.package!r} is not installed")
+            return Path(next(iter(spec.submodule_search_locations))) / src.subdir
+        if src.path:
+            return root / src.path  # an absolute path stays as it is
+        raise ConfigError(f"model {self.name}: a random-init model without package or path has no folder")
+
+    @property
+    def has_source_dir(self) -> bool:
+        """False only for random-init models built from a config alone (no tokenizer folder either)."""
+        return self.source.type != "random-init" or bool(self.source.package or self.source.path)
 
 
 class Registry(BaseModel):

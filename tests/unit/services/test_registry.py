@@ -54,6 +54,11 @@ def test_good_minimal(tmp_path: Path) -> None:
         ({"bogus": 1}, "bogus", "Extra inputs"),
         ({"name": "Bad Name"}, "name", "lowercase"),
         ({"batching": {"max_batch_tokens": 10}}, "(model)", "max_batch_tokens"),
+        ({"kind": "cross-encoder"}, "(model)", "one score per pair"),  # GOOD's dimension 384
+        ({"kind": "cross-encoder", "dimension": 1, "tokenizer": None}, "(model)", "needs its tokenizer"),
+        ({"activation": "sigmoid"}, "(model)", "cross-encoders only"),
+        ({"kind": "cross-encoder", "dimension": 1, "normalize": True}, "(model)", "no pooling, no normalize"),
+        ({"kind": "cross-encoder", "dimension": 1, "activation": "softmax"}, "activation", "Input should be"),
     ],
 )
 def test_bad_fields_name_file_model_field(tmp_path: Path, change: dict, field: str, message: str) -> None:
@@ -86,3 +91,36 @@ def test_engine_sharing_entry(tmp_path: Path) -> None:
     )
     assert reg.get("m1-e5").triton_name == "m1"
     assert reg.triton_models(["m1-e5", "m1"]) == ["m1"]
+
+
+def test_cross_encoder_entry() -> None:
+    reg = load_registry(DEFAULT_REGISTRY)
+    spec = reg.get("rerank-minilm-random")
+    assert spec.kind is Kind.cross_encoder and spec.activation == "sigmoid"
+    assert (spec.dimension, spec.pooling, spec.normalize) == (1, "none", False)  # implied by the kind
+    assert (
+        spec.pair_truncation == "longest_first"
+        and spec.source.architecture == "BertForSequenceClassification"
+    )
+    assert spec.has_source_dir and spec.source_dir().joinpath("tokenizer.json").exists()
+    assert reg.triton_models(["rerank-minilm-random"]) == ["rerank-minilm-random"]
+
+
+def test_cross_encoder_from_a_local_folder(tmp_path: Path) -> None:
+    entry = {
+        "name": "ms-marco-minilm-l6",
+        "modality": "text",
+        "kind": "cross-encoder",
+        "source": {"type": "path", "path": str(tmp_path / "ms-marco-MiniLM-L-6-v2")},
+        "max_seq_length": 512,
+    }
+    spec = load_registry(write(tmp_path, [entry])).get("ms-marco-minilm-l6")
+    assert spec.source_dir() == tmp_path / "ms-marco-MiniLM-L-6-v2"  # absolute paths stay as they are
+    assert spec.activation == "none" and spec.dimension == 1 and spec.tokenizer == "tokenizer.json"
+
+
+def test_random_init_folder() -> None:
+    clip = load_registry(DEFAULT_REGISTRY).get("clip-vit-b16-vision")
+    assert not clip.has_source_dir
+    with pytest.raises(ConfigError, match="has no folder"):
+        clip.source_dir()
