@@ -1,9 +1,14 @@
-"""Served (gateway + Triton) vs raw in-process ONNX Runtime, measured side by side in one run.
+"""Served (gateway + Triton) vs raw in-process ONNX Runtime vs a peer server, side by side in one run.
 
 Raw: ORT on the same sentences, batches sorted by length, at several batch sizes; its best is the
 reference. Served: `embedfleet serve` on loopback, loaded by bench/loadgen.py in a separate process with
-(a) 64 concurrent single-sentence clients and (b) 16 clients x 16-sentence requests. Raw is measured
-before and after the served runs (this machine's speed drifts), and the ratio uses their mean.
+(a) 64 concurrent single-sentence clients and (b) 16 clients x 16-sentence requests. Peer: Infinity
+(infinity-emb 0.0.78 in its own venv, set up as bench/README.md says) serving the same model folder,
+once per engine (`optimum` = ONNX Runtime, `torch`), under the same loads and sentences; skipped with a
+message where its venv or model folder is absent. Raw is measured between columns (this machine's speed
+drifts) and each column's ratio uses the mean of the raw runs either side of it. Every load phase also
+records the server's CPU seconds per request from /proc: gateway and Triton (tritonserver plus its
+python-backend stubs) apart, Infinity as one tree.
 
     python -m bench.gateway_throughput --out bench/results/gateway_cpu.json
 """
@@ -15,13 +20,16 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -32,12 +40,24 @@ from services.tokenizer import TextTokenizer
 from services.triton_server import free_port
 from trt_build.build import ort_run
 
+MODEL = "all-minilm-l6-v2"
+PEER_VENV = Path("/work/peers/infinity-venv")
+PEER_MODEL = Path("/work/peers/models/all-MiniLM-L6-v2")
+PEER_ENGINES = ("optimum", "torch")
+# Stated rather than left to Infinity's defaults, so the column says what ran: no start-up warm-up (the
+# bench warms every column the same way), no ORT graph rewrite (it fails under optimum 2.x anyway and
+# gave no gain offline, shared/reference/cpu-serving.md), no torch.compile (inductor on 2 cores takes
+# minutes) and no BetterTransformer (absent from optimum 2.x).
+PEER_FLAGS = ("--device", "cpu", "--pooling-method", "mean", "--no-model-warmup", "--log-level", "warning")
+ENGINE_FLAGS = {"optimum": ("--onnx-disable-optimize",), "torch": ("--no-compile", "--no-bettertransformer")}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 
 def raw_ort(
     texts: list[str], batch_sizes: tuple[int, ...] = (32, 64, 128), repeats: int = 2
 ) -> dict[str, float]:
     settings = get_settings()
-    spec = load_registry(settings.registry_path).get("all-minilm-l6-v2")
+    spec = load_registry(settings.registry_path).get(MODEL)
     tok = TextTokenizer.for_model(spec)
     run = ort_run(settings.model_repository / spec.engines["onnx"], threads=os.cpu_count() or 2)
     ids = tok.encode(texts).ids
@@ -57,45 +77,193 @@ def raw_ort(
     return out
 
 
-def wait_ready(url: str, timeout: float = 180) -> None:
+# ------------------------------------------------------------------------------------------ CPU time
+def _proc_table() -> dict[int, tuple[str, int, float]]:
+    """pid -> (comm, ppid, user + system CPU seconds of all its threads) for every live process."""
+    table: dict[int, tuple[str, int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # comm may hold spaces and parentheses; the fields after the last ')' start at field 3 (state)
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (comm, int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK)
+    return table
+
+
+@dataclass(frozen=True)
+class CpuMeter:
+    """CPU seconds used so far by a server's process tree, booked per component.
+
+    The root process books under `label`; a process whose name is a key of `split` books itself and
+    its descendants under that value (e.g. tritonserver and its python-backend stubs apart from the
+    gateway that started it); any other descendant (a store host, uvicorn workers) under
+    `<label>_children`, so nothing idle hides in the figure that matters. Processes that exited
+    are not counted: the servers here keep theirs.
+    """
+
+    root: int
+    label: str
+    split: dict[str, str] = field(default_factory=dict)
+
+    def read(self) -> dict[str, float]:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (_, ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        out = dict.fromkeys([self.label, *self.split.values()], 0.0)
+        stack = [(self.root, self.label)]
+        while stack:
+            pid, group = stack.pop()
+            if pid not in table:
+                continue
+            comm, _, cpu = table[pid]
+            group = self.split.get(comm, group)
+            out[group] = out.get(group, 0.0) + cpu
+            below = f"{self.label}_children" if group == self.label else group
+            stack.extend((child, below) for child in children.get(pid, []))
+        return out
+
+
+# ------------------------------------------------------------------------------------------- servers
+@dataclass(frozen=True)
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    cold_start_s: float
+
+
+def wait_ready(
+    url: str, timeout: float = 180, path: str = "/readyz", proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"{url}{path}", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"gateway at {url} not ready")
+    raise TimeoutError(f"server at {url} not ready")
+
+
+def _tail(log: IO[bytes], lines: int = 30) -> str:
+    log.seek(0)
+    return "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], timeout: float = 300) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def _server(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    url: str,
+    ready_path: str,
+    timeout: float,
+    cwd: Path | None = None,
+) -> Iterator[Server]:
+    """A server process in its own session, yielded once `url + ready_path` answers 200 (a server that
+    neither gets ready nor exits must not hang the bench); its log is shown when it fails to start."""
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd), env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            try:
+                wait_ready(url, timeout, ready_path, proc)
+            except (RuntimeError, TimeoutError):
+                print(f"--- {cmd[0]} log tail ---\n{_tail(log)}", file=sys.stderr)
+                raise
+            yield Server(url, proc, time.perf_counter() - started)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], timeout: float = 300) -> Iterator[Server]:
     """`embedfleet serve` (gateway + local Triton) on a free loopback port; stopped on exit."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     full = {**os.environ, "EMBEDFLEET_HOST": "127.0.0.1", "EMBEDFLEET_PORT": str(port), **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve"],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_ready(url, timeout)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    cmd = [sys.executable, "-m", "services.cli", "serve"]
+    with _server(cmd, full, f"http://127.0.0.1:{port}", "/readyz", timeout) as s:
+        yield s
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Infinity in its own venv over a model folder (a copy of the packaged one plus `model.onnx`)."""
+
+    venv: Path
+    model: Path
+
+    def missing(self, engine: str) -> str | None:
+        """Why `engine` cannot run here; None where it can."""
+        how = "see bench/README.md, 'Peer column'"
+        if not (self.venv / "bin" / "infinity_emb").exists():
+            return f"no Infinity venv at {self.venv} ({how})"
+        if not (self.model / "config.json").exists():
+            return f"no peer model folder at {self.model} ({how})"
+        if engine == "optimum" and not (self.model / "model.onnx").exists():
+            return f"no {self.model / 'model.onnx'} for the optimum engine ({how})"
+        return None
+
+    def command(self, engine: str, port: int) -> list[str]:
+        # `--model-id .` (run inside the folder): given an absolute folder, Infinity 0.0.78 hands optimum
+        # 2.x the ONNX file as an absolute path, which it matches against relative names and refuses
+        # (FileNotFoundError: Could not find any ONNX files with target file name /.../model.onnx).
+        return [
+            str(self.venv / "bin" / "infinity_emb"), "v2", "--model-id", ".", "--served-model-name", MODEL,
+            "--engine", engine, *PEER_FLAGS, *ENGINE_FLAGS[engine],
+            "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "/v1",
+        ]  # fmt: skip
+
+    def versions(self) -> dict[str, str]:
+        code = (
+            "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+            "('infinity_emb', 'optimum', 'onnxruntime', 'torch', 'transformers', 'sentence-transformers')}))"
+        )
+        out = subprocess.run([str(self.venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else {"error": out.stderr[-300:]}
+
+
+def _peer_env() -> dict[str, str]:
+    """Offline, no telemetry (posthog would open a non-loopback socket), none of our venv's paths."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {**env, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+
+
+@contextlib.contextmanager
+def peer_server(peer: Peer, engine: str, timeout: float = 300) -> Iterator[Server]:
+    """Infinity with `engine` on a free loopback port, OpenAI routes under /v1; stopped on exit."""
+    port = free_port()
+    cmd = peer.command(engine, port)
+    with _server(cmd, _peer_env(), f"http://127.0.0.1:{port}", "/health", timeout, cwd=peer.model) as s:
+        yield s
+
+
+# ---------------------------------------------------------------------------------------------- load
 def load(
-    url: str, texts_file: str, clients: int, batch: int, requests: int, seconds: float
+    url: str,
+    texts_file: str,
+    clients: int,
+    batch: int,
+    requests: int,
+    seconds: float,
+    meter: CpuMeter | None = None,
 ) -> dict[str, object]:
+    before = meter.read() if meter else {}
     out = subprocess.run(
         [
             sys.executable,
@@ -103,6 +271,8 @@ def load(
             "bench.loadgen",
             "--url",
             url,
+            "--model",
+            MODEL,
             "--texts",
             texts_file,
             "--clients",
@@ -118,25 +288,98 @@ def load(
         text=True,
         check=True,
     )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    if meter is not None:
+        used = {k: v - before.get(k, 0.0) for k, v in meter.read().items()}
+        done = max(cast(int, result["requests"]), 1)
+        result["cpu_s"] = used
+        result["cpu_s_per_request"] = {k: v / done for k, v in used.items()}
+    return result
+
+
+def warm_up(url: str, texts_file: str) -> None:
+    load(url, texts_file, 16, 4, 200, 10)
+
+
+def loads(url: str, texts_file: str, n: int, seconds: float, meter: CpuMeter) -> dict[str, dict[str, object]]:
+    """(a) 64 clients x 1 sentence, (b) 16 clients x 16 sentences."""
+    return {
+        "single_64_clients": load(url, texts_file, 64, 1, n * 2, seconds, meter),
+        "16x16": load(url, texts_file, 16, 16, n, seconds, meter),
+    }
+
+
+def _vs_raw(
+    col: dict[str, dict[str, object]], before: dict[str, float], after: dict[str, float]
+) -> dict[str, object]:
+    """The raw runs either side of a column, and its ratios to their mean best."""
+    best = float(np.mean([max(before.values()), max(after.values())]))
+    return {
+        "raw_ort": {"before": before, "after": after, "best_mean": best},
+        "ratio_single": cast(float, col["single_64_clients"]["sentences_per_s"]) / best,
+        "ratio_16x16": cast(float, col["16x16"]["sentences_per_s"]) / best,
+    }
+
+
+def _summary(name: str, col: dict[str, object]) -> str:
+    lines = [name]
+    for load_name, ratio in (("single_64_clients", "ratio_single"), ("16x16", "ratio_16x16")):
+        r = cast(dict[str, float], col[load_name])
+        cpu = ", ".join(
+            f"{k} {v * 1000:.2f}" for k, v in cast(dict[str, float], r["cpu_s_per_request"]).items()
+        )
+        lines.append(
+            f"  {load_name}: {r['sentences_per_s']:.0f} sent/s ({cast(float, col[ratio]):.2f} of raw), "
+            f"p50/p95/p99 {r['p50_ms']:.0f}/{r['p95_ms']:.0f}/{r['p99_ms']:.0f} ms, "
+            f"statuses {r['statuses']}, CPU ms/request: {cpu}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="bench/results/gateway_cpu.json")
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--n", type=int, default=2000, help="sentences (raw runs over all of them)")
+    p.add_argument("--seconds", type=float, default=20.0, help="cap on each load phase")
+    p.add_argument("--peer-venv", type=Path, default=PEER_VENV, help="Infinity's venv (bench/README.md)")
+    p.add_argument("--peer-model", type=Path, default=PEER_MODEL, help="model folder Infinity serves")
+    p.add_argument("--peer-engines", nargs="+", choices=PEER_ENGINES, default=list(PEER_ENGINES))
+    p.add_argument("--no-peer", action="store_true", help="skip the Infinity columns")
     a = p.parse_args()
     texts = sentences(a.n)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    loadavg = {"start": os.getloadavg()}
+    peer = Peer(a.peer_venv, a.peer_model)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(texts, f)
-    with serving({"EMBEDFLEET_CACHE_BACKEND": "none"}) as (url, _):
-        load(url, f.name, 16, 4, 200, 10)  # warm-up
-        raw_before = raw_ort(texts)
-        single = load(url, f.name, 64, 1, a.n * 2, a.seconds)
-        multi = load(url, f.name, 16, 16, a.n, a.seconds)
-        raw_after = raw_ort(texts)
-    raw_best = float(np.mean([max(raw_before.values()), max(raw_after.values())]))
+        f.flush()
+        with serving({"EMBEDFLEET_CACHE_BACKEND": "none"}) as gw:
+            warm_up(gw.url, f.name)
+            raws = [raw_ort(texts)]
+            meter = CpuMeter(gw.proc.pid, "gateway", {"tritonserver": "triton"})
+            gateway = loads(gw.url, f.name, a.n, a.seconds, meter)
+            raws.append(raw_ort(texts))
+        peers: dict[str, dict[str, object]] = {}
+        for engine in [] if a.no_peer else a.peer_engines:
+            name = f"infinity-{engine}"
+            if why := peer.missing(engine):
+                print(f"{name} column skipped: {why}", file=sys.stderr)
+                peers[name] = {"skipped": why}
+                continue
+            with peer_server(peer, engine) as srv:
+                warm_up(srv.url, f.name)
+                col = loads(srv.url, f.name, a.n, a.seconds, CpuMeter(srv.proc.pid, "infinity"))
+                cold = srv.cold_start_s
+            raws.append(raw_ort(texts))
+            peers[name] = {
+                "engine": engine,
+                "flags": [*PEER_FLAGS, *ENGINE_FLAGS[engine], "--url-prefix", "/v1"],
+                "versions": peer.versions(),
+                "cold_start_s": cold,
+                **col,
+                **_vs_raw(col, raws[-2], raws[-1]),
+            }
+    loadavg["end"] = os.getloadavg()
+    vs_raw = _vs_raw(gateway, raws[0], raws[1])
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -144,19 +387,23 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "loadavg": loadavg,
         "sentences": a.n,
-        "raw_ort": {"before": raw_before, "after": raw_after, "best_mean": raw_best},
-        "served_single_64_clients": single,
-        "served_16x16": multi,
-        "ratio_single": float(single["sentences_per_s"]) / raw_best,  # type: ignore[arg-type]
-        "ratio_16x16": float(multi["sentences_per_s"]) / raw_best,  # type: ignore[arg-type]
+        "seconds_per_load": a.seconds,
+        "raw_ort": vs_raw["raw_ort"],
+        "served_single_64_clients": gateway["single_64_clients"],
+        "served_16x16": gateway["16x16"],
+        "ratio_single": vs_raw["ratio_single"],
+        "ratio_16x16": vs_raw["ratio_16x16"],
+        "gateway_cold_start_s": gw.cold_start_s,
+        "peers": peers if not a.no_peer else {"skipped": "--no-peer"},
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("raw_ort", "ratio_single", "ratio_16x16")}, indent=1))
-    for k in ("served_single_64_clients", "served_16x16"):
-        r = result[k]
-        print(k, {x: r[x] for x in ("sentences_per_s", "p50_ms", "p95_ms", "p99_ms", "statuses")})  # type: ignore[index]
+    print(f"loadavg {loadavg}; raw ORT best per run: {[round(max(r.values())) for r in raws]} sent/s")
+    print(_summary("gateway + Triton", {**gateway, **vs_raw}))
+    for name, col in peers.items():
+        print(f"{name}: skipped ({col['skipped']})" if "skipped" in col else _summary(name, col))
 
 
 if __name__ == "__main__":
