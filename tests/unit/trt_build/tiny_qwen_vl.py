@@ -1,0 +1,105 @@
+"""Shared builders for the VLM tests: the real Qwen2 tokenizer, tiny random backbones, HF references.
+
+Everything is built once per test process into one temporary folder (the tokenizer conversion takes a
+few seconds; each tiny backbone about one).
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import shutil
+import tempfile
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.media.qwen2vl import PreparedItem
+from trt_build.qwen_tokenizer import write_tokenizer
+from trt_build.vlm_model import VlmRequest
+from trt_build.vlm_random import TinySize, build_random, tiny_config
+
+
+@cache
+def workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="embedfleet-vlm-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@cache
+def tokenizer_dir(family: str = "qwen2-vl") -> Path:
+    dest = workdir() / f"tokenizer-{family}"
+    write_tokenizer(dest, family)
+    return dest
+
+
+@cache
+def backbone_dir(family: str) -> Path:
+    return build_random(workdir() / family, family, seed=0)
+
+
+@cache
+def rope_model(family: str) -> Any:
+    """A tiny `...VLModel` (small vocabulary) whose `get_rope_index` is the reference for positions."""
+    import transformers
+
+    cls = {"qwen2-vl": "Qwen2VLModel", "qwen2.5-vl": "Qwen2_5_VLModel", "qwen3-vl": "Qwen3VLModel"}[family]
+    return getattr(transformers, cls)(tiny_config(family, TinySize(vocab_size=1024))).eval()
+
+
+@cache
+def hf_tokenizer() -> Any:
+    """transformers' tokenizer over the built folder (loading 151k tokens takes seconds: shared)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir())
+
+
+def hf_processor(min_pixels: int, max_pixels: int) -> Any:
+    """transformers' Qwen2VLProcessor with the PIL-backend image processor (the pinned reference).
+
+    Its constructor type-checks a video processor whose class needs torchvision (absent here); images
+    never touch it, so the check is skipped and no video processor is attached."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImagesOnlyProcessor(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
+            return type(argument)
+
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return ImagesOnlyProcessor(
+        image_processor=image_processor, tokenizer=hf_tokenizer(), video_processor=None
+    )
+
+
+def hf_method(module: str, class_name: str, method: str) -> Callable[..., Any]:
+    """One method of a transformers class, compiled from the installed source without importing the
+    module: the Qwen2-VL video processor imports torchvision at module level, yet its `patchify` and
+    `sample_frames` need only torch."""
+    import transformers
+
+    path = Path(transformers.__file__).parent / (module.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == method)
+    fn.decorator_list = []
+    namespace: dict[str, Any] = {"torch": torch}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[method]
+
+
+def engine_request(items: list[PreparedItem]) -> VlmRequest:
+    """Prepared items -> one engine request (a group), as the gateway will send them to Triton."""
+    return VlmRequest(
+        input_ids=np.concatenate([i.input_ids for i in items]),
+        lengths=np.array([i.lm_tokens for i in items], dtype=np.int64),
+        position_ids=np.concatenate([i.position_ids for i in items], axis=1),
+        pixel_values=np.concatenate([i.pixel_values for i in items]),
+        grid_thw=np.concatenate([i.grid_thw for i in items]),
+    )
