@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.corpus import stdlib_docs
 from services.config import get_settings
 from services.registry import Side
 from services.runtime import Runtime
 from services.triton_server import LocalTriton
+from tests.corpus import stdlib_docs
 
 MODEL = "all-minilm-l6-v2"
 

@@ -33,11 +33,11 @@ from typing import IO, cast
 
 import numpy as np
 
-from bench.corpus import sentences
 from services.config import get_settings
 from services.registry import load_registry
 from services.tokenizer import TextTokenizer
 from services.triton_server import free_port
+from tests.corpus import sentences
 from trt_build.build import ort_run
 
 MODEL = "all-minilm-l6-v2"
@@ -196,7 +196,7 @@ def serving(env: dict[str, str], timeout: float = 300) -> Iterator[Server]:
     """`embedfleet serve` (gateway + local Triton) on a free loopback port; stopped on exit."""
     port = free_port()
     full = {**os.environ, "EMBEDFLEET_HOST": "127.0.0.1", "EMBEDFLEET_PORT": str(port), **env}
-    cmd = [sys.executable, "-m", "services.cli", "serve"]
+    cmd = [sys.executable, "-m", "cli.main", "serve"]
     with _server(cmd, full, f"http://127.0.0.1:{port}", "/readyz", timeout) as s:
         yield s
 

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.corpus import sentences
 from bench.gateway_throughput import wait_ready
 from services.batcher import pad_tokens
 from services.config import Settings, get_settings
 from services.registry import DEFAULT_REGISTRY, ModelSpec, load_registry
 from services.triton_server import LocalTriton, free_port
+from tests.corpus import sentences
 
 BENCH_MODELS = ("minilm", "bert-base", "clip-b16")
 SINGLE_CLIENTS = (64, 128, 256)
@@ -395,7 +395,7 @@ def start_gateway(
     }
     log = (settings.data_dir / "gateway.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "cli.main", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -36,12 +36,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.corpus import stdlib_docs
 from bench.gateway_throughput import serving
+from cli.index import add_parser, run_index
 from services.config import get_settings
-from services.index_cli import add_parser, run_index
 from services.registry import load_registry
 from services.store import VectorStore
+from tests.corpus import stdlib_docs
 
 TENANT = "public"  # the tenant of an open (no API keys) gateway
 MODEL = "all-minilm-l6-v2"

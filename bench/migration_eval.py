@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import re
 import sysconfig
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import numpy as np
 from services.config import PACKAGE_ROOT
 from services.migration.drift import Pairs
 from services.migration.lifecycle import pseudo_query
+from tests.corpus import Task, docstring_pairs_of
 
 CACHE = PACKAGE_ROOT / "var" / "cache" / "migration"
 RESULTS = PACKAGE_ROOT / "bench" / "results"
@@ -53,13 +53,11 @@ SKIP_PARTS = frozenset(
     {"test", "tests", "testing", "idlelib", "lib2to3", "turtledemo", "site-packages", "_vendor", "externals"}
 )
 Split = Literal["finetune", "eval", "pool"]
-Task = Literal["summary-rest", "firstline-full"]
 TASKS: tuple[Task, ...] = ("summary-rest", "firstline-full")
 TASK_TEXT = {
     "summary-rest": "query = the summary paragraph, document = the rest of the docstring",
     "firstline-full": "query = the summary paragraph, document = the whole docstring (summary included)",
 }
-_RULE = re.compile(r"\s*[-=~^*]{3,}\s*")
 
 
 @dataclass(frozen=True)
@@ -69,28 +67,8 @@ class Pair:
     document: str
 
 
-def _squash(text: str) -> str:
-    return " ".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
-
-
 def results_path(task: Task) -> Path:
     return RESULTS / ("migration_eval.json" if task == "summary-rest" else f"migration_eval_{task}.json")
-
-
-def _pairs_of(tree: ast.AST, task: Task) -> list[tuple[str, str]]:
-    out = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        doc = ast.get_docstring(node)
-        if not doc or "\n\n" not in doc.strip():
-            continue
-        head, rest = doc.strip().split("\n\n", 1)
-        body = doc.strip() if task == "firstline-full" else rest
-        query, document = " ".join(head.split()), " ".join(_squash(body).split())[:1200]
-        if 3 <= len(query.split()) <= 40 and len(document.split()) >= 8:
-            out.append((query, document))
-    return out
 
 
 def _roots() -> list[tuple[str, Path]]:
@@ -117,7 +95,7 @@ def docstring_pairs(task: Task = "summary-rest") -> list[Pair]:
                 tree = ast.parse(path.read_text(encoding="utf-8"))
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
-            raw += [Pair(f"{name}:{rel.as_posix()}", q, d) for q, d in _pairs_of(tree, task)]
+            raw += [Pair(f"{name}:{rel.as_posix()}", q, d) for q, d in docstring_pairs_of(tree, task)]
     q_count: dict[str, int] = {}
     d_count: dict[str, int] = {}
     for p in raw:

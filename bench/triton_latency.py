@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.corpus import sentences
 from services.batcher import pad_tokens
 from services.config import get_settings
 from services.encoders.triton import TritonEncoder
 from services.registry import load_registry
 from services.tokenizer import TextTokenizer
 from services.triton_server import LocalTriton
+from tests.corpus import sentences
 from trt_build.build import ort_run
 
 MODEL = "all-minilm-l6-v2"

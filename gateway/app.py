@@ -10,34 +10,30 @@ from fastapi import FastAPI
 
 from gateway import errors
 from gateway.auth import Authenticator
-from gateway.deps import Fleet
 from gateway.middleware import GatewayMiddleware
 from gateway.routes import collections, embed, embeddings, health, jobs, migrations, search
 from services.config import Settings, get_settings
 from services.runtime import Runtime
 
 log = logging.getLogger("embedfleet.gateway")
+ROUTERS = (health, embeddings, embed, collections, search, jobs, migrations)
 
 
-def build_fleet(settings: Settings) -> Fleet:
-    return Fleet(runtime=Runtime.build(settings), auth=Authenticator(settings))
-
-
-def create_app(settings: Settings, fleet: Fleet | None = None) -> FastAPI:
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.fleet = fleet or build_fleet(settings)
-        if app.state.fleet.auth.open:
+        app.state.auth = Authenticator(settings)
+        app.state.runtime = runtime or Runtime.build(settings)
+        if app.state.auth.open:
             log.warning("no API keys configured: the gateway is open (tenant 'public')")
+        await app.state.runtime.dispatcher.resume()
         yield
-        for task in list(app.state.fleet.background):
-            task.cancel()
-        await app.state.fleet.runtime.close()
+        await app.state.runtime.close()
 
     app = FastAPI(title="embedfleet", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.add_middleware(GatewayMiddleware, max_request_bytes=settings.max_request_bytes)
-    for module in (health, embeddings, embed, collections, search, jobs, migrations):
+    for module in ROUTERS:
         app.include_router(module.router)
     return app
 

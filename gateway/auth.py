@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from services import metrics
 from services.config import Settings
-from services.errors import ConfigError, Overloaded, Unauthorized
+from services.errors import ConfigError, RateLimited, Unauthorized
 
 PUBLIC_TENANT = "public"
 
@@ -91,7 +90,6 @@ class Authenticator:
             key = token.strip() if scheme.lower() == "bearer" else None
         policy = self.keys.get(key or "")
         if policy is None:
-            metrics.REJECTED.labels("auth").inc()
             raise Unauthorized(
                 "missing or invalid API key (send 'Authorization: Bearer <key>')", field="authorization"
             )
@@ -100,8 +98,7 @@ class Authenticator:
             bucket = self._buckets[key or ""] = TokenBucket(policy.rate, policy.burst)
         wait = bucket.take()
         if wait > 0:
-            metrics.REJECTED.labels("rate_limited").inc()
-            raise Overloaded(
+            raise RateLimited(
                 f"rate limit of {policy.rate:g} requests/s exceeded for this key",
                 retry_after=max(wait, self.retry_after_s),
             )

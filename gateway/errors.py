@@ -19,20 +19,10 @@ from services.errors import EmbedfleetError, InvalidInput, PayloadTooLarge
 
 log = logging.getLogger("embedfleet.gateway")
 
-REJECT_REASONS = {
-    400: "invalid",
-    401: "auth",
-    403: "auth",
-    404: "not_found",
-    413: "too_large",
-    415: "invalid",
-    422: "invalid",
-    429: "rate_limited",
-    503: "unavailable",
-}
-
-
 def error_response(err: EmbedfleetError) -> Response:
+    """The one place a refusal becomes a response, so the one place it is counted (by the error's reason)."""
+    if err.reason is not None:
+        metrics.REJECTED.labels(err.reason).inc()
     headers = {}
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(err.retry_after)))
@@ -53,8 +43,6 @@ def _field(loc: tuple[object, ...]) -> str:
 
 async def _embedfleet(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedfleetError)
-    if exc.status in (413, 429) and exc.code != "rate_limit_exceeded":
-        metrics.REJECTED.labels(REJECT_REASONS[exc.status]).inc()
     return error_response(exc)
 
 
@@ -62,7 +50,6 @@ async def _validation(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     field = _field(tuple(first.get("loc", ())))
-    metrics.REJECTED.labels("invalid").inc()
     return error_response(InvalidInput(f"{field}: {first.get('msg')}", field=field))
 
 

@@ -38,7 +38,6 @@ class GatewayMiddleware:
         too_large = PayloadTooLarge(f"request body over {self.max_bytes} bytes", field="body")
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                metrics.REJECTED.labels("too_large").inc()
                 await error_response(too_large)(scope, receive, send)
                 self._observe(scope, 413, started)
                 return
@@ -50,7 +49,6 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    metrics.REJECTED.labels("too_large").inc()
                     raise BodyTooLarge(self.max_bytes)
             return message
 

@@ -113,7 +113,6 @@ class Batcher:
             return np.empty((0, 0), dtype=np.float32)
         queue = self.queues[lane]
         if len(queue) + len(rows) > self.max_queue:
-            metrics.REJECTED.labels("queue_full").inc()
             raise Overloaded(
                 f"{self.model}: {lane} queue is full ({len(queue)} inputs waiting)",
                 retry_after=self.retry_after_s,

@@ -12,6 +12,7 @@ class EmbedfleetError(Exception):
     status: int = 500
     code: str = "internal_error"
     type: str = "server_error"
+    reason: str | None = None  # the `embedfleet_rejected_requests_total` label when refused before any work
 
     def __init__(self, message: str, *, field: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -28,18 +29,21 @@ class InvalidInput(EmbedfleetError):
     status = 400
     code = "invalid_input"
     type = "invalid_request_error"
+    reason = "invalid"
 
 
 class Unauthorized(EmbedfleetError):
     status = 401
     code = "invalid_api_key"
     type = "authentication_error"
+    reason = "auth"
 
 
 class Forbidden(EmbedfleetError):
     status = 403
     code = "forbidden"
     type = "permission_error"
+    reason = "auth"
 
 
 class NotFound(EmbedfleetError):
@@ -65,18 +69,21 @@ class PayloadTooLarge(EmbedfleetError):
     status = 413
     code = "payload_too_large"
     type = "invalid_request_error"
+    reason = "too_large"
 
 
 class UnsupportedMedia(EmbedfleetError):
     status = 415
     code = "unsupported_media"
     type = "invalid_request_error"
+    reason = "invalid"
 
 
 class Unprocessable(EmbedfleetError):
     status = 422
     code = "unprocessable_media"
     type = "invalid_request_error"
+    reason = "invalid"
 
 
 class Transient(EmbedfleetError):
@@ -89,6 +96,13 @@ class Overloaded(Transient):
     status = 429
     code = "rate_limit_exceeded"
     type = "rate_limit_error"
+    reason = "queue_full"
+
+
+class RateLimited(Overloaded):
+    """A key's token bucket is empty: 429 like a full queue, counted apart."""
+
+    reason = "rate_limited"
 
 
 class EncoderUnavailable(Transient):
@@ -97,6 +111,7 @@ class EncoderUnavailable(Transient):
     status = 503
     code = "encoder_unavailable"
     type = "server_error"
+    reason = "unavailable"
 
 
 class Inconsistent(EmbedfleetError):

@@ -1,9 +1,9 @@
 """Documents into a collection: one code path for synchronous requests, in-process jobs and Celery.
 
-Documents are embedded with the collection's model on the template's passage side and upserted with
-point ids derived from (tenant, collection, doc id), so a retried chunk rewrites the same points and never
-duplicates. The source needed to re-embed later (model upgrades) is kept: text in the point, images and
-videos in the content-addressed blob store.
+Documents are embedded with each physical collection's own model on the template's passage side and
+upserted with point ids derived from (tenant, collection, doc id), so a retried chunk rewrites the same
+points and never duplicates. The source needed to re-embed later (model upgrades) is kept: text in the
+point, images and videos in the content-addressed blob store.
 """
 
 from __future__ import annotations
@@ -11,37 +11,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from services.blobs import BlobStore
+from services.embedder import Embedder
 from services.errors import InvalidInput, StaleTarget, Transient
 from services.migration.state import write_targets
 from services.multimodal import media_bytes
 from services.registry import ModelSpec, Side
-from services.store import CollectionInfo, PointIn
-
-if TYPE_CHECKING:
-    from services.runtime import Runtime
+from services.store import CollectionInfo, PointIn, VectorStore
 
 log = logging.getLogger("embedfleet.indexing")
 DOC_TASK = "retrieval"
+REPLANS = 4  # snapshots a write may see change under it before it gives up (retryable)
 
 
-class Document(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class Document:
+    """One document to index: an id, exactly one of text / image / video (base64 or data URI), a payload.
+    The gateway's wire model (gateway/schemas) validates requests and converts to this."""
 
-    id: str = Field(min_length=1, max_length=256)
+    id: str
     text: str | None = None
-    image: str | None = Field(None, description="base64 or data URI")
-    video: str | None = Field(None, description="base64 or data URI")
+    image: str | None = None
+    video: str | None = None
     payload: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _one_content(self) -> Document:
+    def __post_init__(self) -> None:
         if sum(x is not None for x in (self.text, self.image, self.video)) != 1:
-            raise ValueError("a document has exactly one of text, image, video")
-        return self
+            raise InvalidInput("a document has exactly one of text, image, video", field="documents")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def check_unique(docs: list[Document]) -> None:
@@ -60,7 +62,8 @@ def task_for(spec: ModelSpec, task: str | None) -> str | None:
 
 
 async def embed_documents(
-    rt: Runtime,
+    embedder: Embedder,
+    blobs: BlobStore,
     info: CollectionInfo,
     docs: list[Document],
     *,
@@ -68,16 +71,16 @@ async def embed_documents(
     physical: str | None = None,
     field: str = "documents",
 ) -> list[PointIn]:
-    """Vectors and stored sources for `docs`, with the model of `physical` (default: the current one)."""
+    """Vectors and stored sources for `docs`, with the model of `physical` (default: the live one)."""
     phys = info.physical_info(physical) if physical else info.current
-    spec = rt.registry.get(phys.model)
+    spec = embedder.registry.get(phys.model)
     dims = phys.dimension if phys.dimension != spec.dimension else None
     texts = [d for d in docs if d.text is not None]
     points: dict[str, PointIn] = {}
     if texts:
-        out = await rt.embedder.embed_texts(
+        out = await embedder.embed_texts(
             phys.model,
-            [d.text for d in texts],
+            [d.text or "" for d in texts],
             task=task_for(spec, None),
             side=Side.document,
             dimensions=dims,
@@ -91,18 +94,17 @@ async def embed_documents(
             continue
         kind = "image" if d.image is not None else "video"
         where = f"{field}[{i}].{kind}"
-        data = await media_bytes(rt.settings, kind, d.image or d.video or "", where)
-        media = await rt.embedder.embed_media(phys.model, kind, data, dimensions=dims, lane=lane, field=where)
-        digest = await asyncio.to_thread(rt.blobs.put, data)
+        data = await media_bytes(embedder.settings, kind, d.image or d.video or "", where)
+        media = await embedder.embed_media(phys.model, kind, data, dimensions=dims, lane=lane, field=where)
+        digest = await asyncio.to_thread(blobs.put, data)
         points[d.id] = PointIn(d.id, media.vector, d.payload, {kind: digest})
     return [points[d.id] for d in docs]
 
 
-REPLANS = 4  # snapshots a write may see change under it before it gives up (retryable)
-
-
 async def index_documents(
-    rt: Runtime,
+    embedder: Embedder,
+    store: VectorStore,
+    blobs: BlobStore,
     tenant: str,
     name: str,
     docs: list[Document],
@@ -120,14 +122,14 @@ async def index_documents(
     check_unique(docs)
     written: set[str] = set()
     for _ in range(REPLANS):
-        info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
+        info = await asyncio.to_thread(store.load_collection, tenant, name)
         targets = [info.physical_info(physical)] if physical else list(write_targets(info))
         todo = [p for p in targets if p.name not in written]
         if not todo:
             return len(docs)
         for phys in todo:
             written.add(phys.name)
-            if phys.name != info.physical and phys.model not in rt.embedder.served:
+            if phys.name != info.physical and phys.model not in embedder.served:
                 log.warning(
                     "%s/%s: %s is not served; %s keeps no copy of this write",
                     tenant,
@@ -136,9 +138,9 @@ async def index_documents(
                     phys.name,
                 )
                 continue
-            points = await embed_documents(rt, info, docs, lane=lane, physical=phys.name)
+            points = await embed_documents(embedder, blobs, info, docs, lane=lane, physical=phys.name)
             with contextlib.suppress(StaleTarget):  # dropped since the snapshot: nothing to keep there
-                await asyncio.to_thread(rt.store.upsert, tenant, name, points, phys.name)
+                await asyncio.to_thread(store.upsert, tenant, name, points, phys.name)
         if physical:
             return len(docs)
     raise Transient(f"collection {name!r} kept changing while documents were written; retry", retry_after=1)

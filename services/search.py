@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from services import metrics, querylog
+from services import metrics
+from services.blobs import BlobStore
+from services.embedder import Embedder
 from services.errors import StaleTarget
 from services.indexing import task_for
 from services.migration import drift
 from services.migration.state import Leg, ReadPlan, read_plan
 from services.multimodal import media_bytes
+from services.querylog import QueryLog
 from services.registry import Side
-from services.store import StoredPoint
+from services.store import StoredPoint, VectorStore
 
-if TYPE_CHECKING:
-    from services.runtime import Runtime
+
+@dataclass(frozen=True)
+class Query:
+    """Exactly one of text, image, video (image/video: base64, data URI or an allowed URL)."""
+
+    text: str | None = None
+    image: str | None = None
+    video: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,16 +43,6 @@ class SearchResult:
     model: str
     template: dict[str, str] | None
     path: str  # raw | compensated | merged | v1_fallback
-
-
-_compensators: dict[str, drift.Compensator] = {}
-
-
-def _compensator(rt: Runtime, digest: str) -> drift.Compensator:
-    comp = _compensators.get(digest)
-    if comp is None:
-        comp = _compensators[digest] = drift.load(rt.blobs.get(digest))
-    return comp
 
 
 def rrf(result_lists: list[list[StoredPoint]], top_k: int, k: int = 60) -> list[StoredPoint]:
@@ -58,114 +57,129 @@ def rrf(result_lists: list[list[StoredPoint]], top_k: int, k: int = 60) -> list[
     return [replace(first[i], score=scores[i]) for i in order]
 
 
-def _dimensions(rt: Runtime, leg: Leg) -> int | None:
-    """The size to embed at: native for a compensated leg (the map takes the model's full vector),
-    the physical's size (Matryoshka, when smaller) for a raw one."""
-    if leg.compensator is not None:
-        return None
-    native = rt.registry.get(leg.model).dimension
-    return leg.physical.dimension if leg.physical.dimension != native else None
+class Compensators:
+    """Fitted compensators by blob digest, loaded once per process (they are immutable)."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self._loaded: dict[str, drift.Compensator] = {}
+
+    async def apply(self, digest: str, vector: np.ndarray) -> np.ndarray:
+        comp = self._loaded.get(digest)
+        if comp is None:
+            comp = self._loaded[digest] = drift.load(await asyncio.to_thread(self.blobs.get, digest))
+        return comp.apply(vector[None, :])[0]
 
 
-async def _leg_vectors(
-    rt: Runtime, plan: ReadPlan, query: dict[str, str | None], task: str | None
-) -> tuple[list[np.ndarray], dict[str, str] | None]:
-    """One query vector per leg, each model embedding once per size; compensated legs mapped."""
-    embedded: dict[tuple[str, int | None], np.ndarray] = {}
-    template = None
-    text = query.get("text")
-    for leg in plan.legs:
-        key = (leg.model, _dimensions(rt, leg))
-        if key in embedded:
-            continue
-        if text is not None:
-            spec = rt.registry.get(leg.model)
-            out = await rt.embedder.embed_texts(
-                leg.model,
-                [text],
-                task=task_for(spec, task),
-                side=Side.query,
-                dimensions=key[1],
-                field="query.text",
-            )
-            embedded[key] = out.vectors[0]
-            if template is None and out.template is not None:
-                template = {"task": out.template.task, "template": out.template.template}
-        else:
-            kind = "image" if query.get("image") is not None else "video"
-            data = await media_bytes(rt.settings, kind, query.get(kind) or "", f"query.{kind}")
-            media = await rt.embedder.embed_media(
-                leg.model, kind, data, dimensions=key[1], field=f"query.{kind}"
-            )
-            embedded[key] = media.vector
-    vectors = []
-    for leg in plan.legs:
-        vec = embedded[(leg.model, _dimensions(rt, leg))]
+class Searcher:
+    def __init__(
+        self, embedder: Embedder, store: VectorStore, querylog: QueryLog, compensators: Compensators
+    ):
+        self.embedder = embedder
+        self.store = store
+        self.querylog = querylog
+        self.compensators = compensators
+
+    def _dimensions(self, leg: Leg) -> int | None:
+        """The size to embed at: native for a compensated leg (the map takes the model's full vector),
+        the physical's size (Matryoshka, when smaller) for a raw one."""
         if leg.compensator is not None:
-            comp = _compensator(rt, leg.compensator)
-            vec = (await asyncio.to_thread(comp.apply, vec[None, :]))[0]
-        vectors.append(vec)
-    return vectors, template
+            return None
+        native = self.embedder.registry.get(leg.model).dimension
+        return leg.physical.dimension if leg.physical.dimension != native else None
 
+    async def _leg_vectors(
+        self, plan: ReadPlan, query: Query, task: str | None
+    ) -> tuple[list[np.ndarray], dict[str, str] | None]:
+        """One query vector per leg, each model embedding once per size; compensated legs mapped."""
+        embedded: dict[tuple[str, int | None], np.ndarray] = {}
+        template = None
+        for leg in plan.legs:
+            key = (leg.model, self._dimensions(leg))
+            if key in embedded:
+                continue
+            if query.text is not None:
+                spec = self.embedder.registry.get(leg.model)
+                out = await self.embedder.embed_texts(
+                    leg.model,
+                    [query.text],
+                    task=task_for(spec, task),
+                    side=Side.query,
+                    dimensions=key[1],
+                    field="query.text",
+                )
+                embedded[key] = out.vectors[0]
+                if template is None and out.template is not None:
+                    template = {"task": out.template.task, "template": out.template.template}
+            else:
+                kind = "image" if query.image is not None else "video"
+                where = f"query.{kind}"
+                data = await media_bytes(
+                    self.embedder.settings, kind, query.image or query.video or "", where
+                )
+                media = await self.embedder.embed_media(leg.model, kind, data, dimensions=key[1], field=where)
+                embedded[key] = media.vector
+        vectors = []
+        for leg in plan.legs:
+            vec = embedded[(leg.model, self._dimensions(leg))]
+            if leg.compensator is not None:
+                vec = await self.compensators.apply(leg.compensator, vec)
+            vectors.append(vec)
+        return vectors, template
 
-async def _search_once(
-    rt: Runtime,
-    tenant: str,
-    name: str,
-    query: dict[str, str | None],
-    *,
-    task: str | None,
-    top_k: int,
-    filter: Any,
-    with_payload: bool,
-    score_threshold: float | None,
-    merge: bool,
-    log_query: bool,
-) -> SearchResult:
-    info = await asyncio.to_thread(rt.store.load_collection, tenant, name)
-    text = query.get("text")
-    plan = read_plan(info, text=text is not None, merge=merge)
-    if text is not None and log_query:
-        querylog.remember(rt, info, text)
-    vectors, template = await _leg_vectors(rt, plan, query, task)
-    threshold = score_threshold if len(plan.legs) == 1 else None  # fused scores are ranks, not similarities
-    lists = await asyncio.gather(
-        *(
-            asyncio.to_thread(
-                rt.store.search, tenant, name, vec, top_k, filter, with_payload, threshold, leg.physical.name
+    async def _once(
+        self, tenant: str, name: str, query: Query, options: dict[str, Any], *, merge: bool, log_query: bool
+    ) -> SearchResult:
+        info = await asyncio.to_thread(self.store.load_collection, tenant, name)
+        plan = read_plan(info, text=query.text is not None, merge=merge)
+        if query.text is not None and log_query:
+            self.querylog.remember(info, query.text)
+        vectors, template = await self._leg_vectors(plan, query, options["task"])
+        # fused scores are ranks, not similarities: a threshold applies to a single leg only
+        threshold = options["score_threshold"] if len(plan.legs) == 1 else None
+        lists = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    self.store.search,
+                    tenant,
+                    name,
+                    vec,
+                    top_k=options["top_k"],
+                    filter=options["filter"],
+                    with_payload=options["with_payload"],
+                    score_threshold=threshold,
+                    physical=leg.physical.name,
+                )
+                for leg, vec in zip(plan.legs, vectors, strict=True)
             )
-            for leg, vec in zip(plan.legs, vectors, strict=True)
         )
-    )
-    hits = lists[0] if len(lists) == 1 else rrf(list(lists), top_k)
-    metrics.SEARCHES.labels(name, plan.path).inc()
-    return SearchResult(hits, plan.model, template, plan.path)
+        hits = lists[0] if len(lists) == 1 else rrf(list(lists), options["top_k"])
+        metrics.SEARCHES.labels(name, plan.path).inc()
+        return SearchResult(hits, plan.model, template, plan.path)
 
-
-async def search(
-    rt: Runtime,
-    tenant: str,
-    name: str,
-    query: dict[str, str | None],
-    *,
-    task: str | None = None,
-    top_k: int = 10,
-    filter: Any = None,
-    with_payload: bool = True,
-    score_threshold: float | None = None,
-    merge: bool = False,
-) -> SearchResult:
-    """Nearest documents to `query` (exactly one of text, image, video) along the collection's read plan;
-    `merge` during a migration also searches the backfilled v2 points and fuses by rank."""
-    kwargs: dict[str, Any] = {
-        "task": task,
-        "top_k": top_k,
-        "filter": filter,
-        "with_payload": with_payload,
-        "score_threshold": score_threshold,
-        "merge": merge,
-    }
-    try:
-        return await _search_once(rt, tenant, name, query, log_query=True, **kwargs)
-    except StaleTarget:  # a physical of the snapshot was dropped meanwhile: the new plan avoids it
-        return await _search_once(rt, tenant, name, query, log_query=False, **kwargs)
+    async def search(
+        self,
+        tenant: str,
+        name: str,
+        query: Query,
+        *,
+        task: str | None = None,
+        top_k: int = 10,
+        filter: Any = None,
+        with_payload: bool = True,
+        score_threshold: float | None = None,
+        merge: bool = False,
+    ) -> SearchResult:
+        """Nearest documents to `query` along the collection's read plan; `merge` during a migration also
+        searches the backfilled v2 points and fuses by rank."""
+        options = {
+            "task": task,
+            "top_k": top_k,
+            "filter": filter,
+            "with_payload": with_payload,
+            "score_threshold": score_threshold,
+        }
+        try:
+            return await self._once(tenant, name, query, options, merge=merge, log_query=True)
+        except StaleTarget:  # a physical of the snapshot was dropped meanwhile: the new plan avoids it
+            return await self._once(tenant, name, query, options, merge=merge, log_query=False)

@@ -7,8 +7,17 @@ import asyncio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from gateway.deps import Fleet, FleetDep, TenantDep, until_disconnect
-from gateway.routes.embeddings import json_response
+from gateway.deps import (
+    BlobsDep,
+    DispatcherDep,
+    EmbedderDep,
+    JobsDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+    until_disconnect,
+)
+from gateway.responses import json_response
 from gateway.schemas.collections import (
     CreateCollection,
     DeleteDocuments,
@@ -16,78 +25,89 @@ from gateway.schemas.collections import (
     ScrollRequest,
     UpdateCollection,
 )
+from services.blobs import BlobStore
+from services.config import Settings
+from services.errors import NotFound
 from services.indexing import check_unique, index_documents
-from services.jobs import ACTIVE, create_job, run_inprocess
+from services.jobs import JobStore
+from services.jobs.dispatch import Dispatcher, create_job
+from services.store import CollectionInfo, VectorStore
 
 router = APIRouter(tags=["collections"])
 
 
-def describe(fleet: Fleet, tenant: str, info: object) -> dict[str, object]:
-    public = info.public()  # type: ignore[attr-defined]
-    jobs = fleet.runtime.jobs.list(tenant, public["name"])
-    public["running_jobs"] = [j.id for j in jobs if j.state in ACTIVE]
+async def describe(jobs: JobStore, tenant: str, info: CollectionInfo) -> dict[str, object]:
+    public = info.public()
+    running = await asyncio.to_thread(jobs.running, tenant, info.name)
+    public["running_jobs"] = [j.id for j in running]
     return public
 
 
 @router.post("/v1/collections", status_code=201)
-async def create_collection(body: CreateCollection, fleet: FleetDep, tenant: TenantDep) -> Response:
-    spec = fleet.embedder.spec(body.model)
-    fleet.embedder.check_dimensions(spec, body.dimensions)
+async def create_collection(
+    body: CreateCollection, embedder: EmbedderDep, store: StoreDep, jobs: JobsDep, tenant: TenantDep
+) -> Response:
+    spec = embedder.spec(body.model)
+    embedder.check_dimensions(spec, body.dimensions)
     info = await asyncio.to_thread(
-        fleet.runtime.store.create_collection,
+        store.create_collection,
         tenant,
         body.name,
         spec.name,
         spec.version,
         body.dimensions or spec.dimension,
-        body.distance,
-        body.on_disk,
-        body.quantization,
-        body.query_log,
+        distance=body.distance,
+        on_disk=body.on_disk,
+        quantization=body.quantization,
+        query_log=body.query_log,
     )
-    return json_response(describe(fleet, tenant, info), 201)
+    return json_response(await describe(jobs, tenant, info), 201)
 
 
 @router.patch("/v1/collections/{name}")
 async def update_collection(
-    name: str, body: UpdateCollection, fleet: FleetDep, tenant: TenantDep
+    name: str, body: UpdateCollection, store: StoreDep, jobs: JobsDep, tenant: TenantDep
 ) -> Response:
     """Settings a collection may change in place (today: the query-log opt-in)."""
-    store = fleet.runtime.store
     if body.query_log is not None:
         await asyncio.to_thread(store.set_query_log, tenant, name, body.query_log)
     info = await asyncio.to_thread(store.get_collection, tenant, name)
-    return json_response(describe(fleet, tenant, info))
+    return json_response(await describe(jobs, tenant, info))
 
 
 @router.get("/v1/collections")
-async def list_collections(fleet: FleetDep, tenant: TenantDep) -> Response:
-    infos = await asyncio.to_thread(fleet.runtime.store.list_collections, tenant)
+async def list_collections(store: StoreDep, tenant: TenantDep) -> Response:
+    infos = await asyncio.to_thread(store.list_collections, tenant)
     return json_response({"collections": [i.public() for i in infos]})
 
 
 @router.get("/v1/collections/{name}")
-async def get_collection(name: str, fleet: FleetDep, tenant: TenantDep) -> Response:
-    info = await asyncio.to_thread(fleet.runtime.store.get_collection, tenant, name)
-    return json_response(describe(fleet, tenant, info))
+async def get_collection(name: str, store: StoreDep, jobs: JobsDep, tenant: TenantDep) -> Response:
+    info = await asyncio.to_thread(store.get_collection, tenant, name)
+    return json_response(await describe(jobs, tenant, info))
 
 
 @router.delete("/v1/collections/{name}")
-async def delete_collection(name: str, fleet: FleetDep, tenant: TenantDep) -> Response:
-    await asyncio.to_thread(fleet.runtime.store.delete_collection, tenant, name)
+async def delete_collection(name: str, store: StoreDep, tenant: TenantDep) -> Response:
+    await asyncio.to_thread(store.delete_collection, tenant, name)
     return json_response({"deleted": name})
 
 
-async def start_job(fleet: Fleet, tenant: str, name: str, body: Documents) -> Response:
-    await asyncio.to_thread(fleet.runtime.store.get_collection, tenant, name)  # 404 before any work
-    check_unique(body.documents)
-    job = await asyncio.to_thread(create_job, fleet.runtime, tenant, name, body.documents)
-    if fleet.settings.broker_url:
-        from services.worker.celery_app import enqueue_job
-
-        await asyncio.to_thread(enqueue_job, fleet.settings, job)
-    else:
-        fleet.spawn(run_inprocess(fleet.runtime, job.id))
+async def start_job(
+    settings: Settings,
+    store: VectorStore,
+    blobs: BlobStore,
+    jobs: JobStore,
+    dispatcher: Dispatcher,
+    tenant: str,
+    name: str,
+    body: Documents,
+) -> Response:
+    await asyncio.to_thread(store.load_collection, tenant, name)  # 404 before any work
+    docs = body.to_core()
+    check_unique(docs)
+    job = await asyncio.to_thread(create_job, jobs, blobs, settings.job_chunk_size, tenant, name, docs)
+    await dispatcher.submit_job(job)
     return json_response({"job_id": job.id, **job.public()}, 202)
 
 
@@ -96,32 +116,44 @@ async def put_documents(
     name: str,
     body: Documents,
     request: Request,
-    fleet: FleetDep,
+    settings: SettingsDep,
+    embedder: EmbedderDep,
+    store: StoreDep,
+    blobs: BlobsDep,
+    dispatcher: DispatcherDep,
     tenant: TenantDep,
+    jobs: JobsDep,
     async_: bool = Query(False, alias="async"),
 ) -> Response:
-    if async_ or len(body.documents) > fleet.settings.async_threshold:
-        return await start_job(fleet, tenant, name, body)
-    n = await until_disconnect(request, index_documents(fleet.runtime, tenant, name, body.documents))
-    return json_response({"upserted": n})
+    if async_ or len(body.documents) > settings.async_threshold:
+        return await start_job(settings, store, blobs, jobs, dispatcher, tenant, name, body)
+    work = index_documents(embedder, store, blobs, tenant, name, body.to_core())
+    return json_response({"upserted": await until_disconnect(request, work)})
 
 
 @router.post("/v1/collections/{name}/jobs", status_code=202)
-async def post_job(name: str, body: Documents, fleet: FleetDep, tenant: TenantDep) -> Response:
-    return await start_job(fleet, tenant, name, body)
+async def post_job(
+    name: str,
+    body: Documents,
+    settings: SettingsDep,
+    store: StoreDep,
+    blobs: BlobsDep,
+    jobs: JobsDep,
+    dispatcher: DispatcherDep,
+    tenant: TenantDep,
+) -> Response:
+    return await start_job(settings, store, blobs, jobs, dispatcher, tenant, name, body)
 
 
 @router.delete("/v1/collections/{name}/documents")
-async def delete_documents(name: str, body: DeleteDocuments, fleet: FleetDep, tenant: TenantDep) -> Response:
-    await asyncio.to_thread(fleet.runtime.store.delete_points, tenant, name, body.ids, body.filter)
+async def delete_documents(name: str, body: DeleteDocuments, store: StoreDep, tenant: TenantDep) -> Response:
+    await asyncio.to_thread(store.delete_points, tenant, name, body.ids, body.filter)
     return json_response({"deleted": True})
 
 
 @router.get("/v1/collections/{name}/documents/{doc_id}")
-async def get_document(name: str, doc_id: str, fleet: FleetDep, tenant: TenantDep) -> Response:
-    from services.errors import NotFound
-
-    points = await asyncio.to_thread(fleet.runtime.store.get_points, tenant, name, [doc_id])
+async def get_document(name: str, doc_id: str, store: StoreDep, tenant: TenantDep) -> Response:
+    points = await asyncio.to_thread(store.get_points, tenant, name, [doc_id])
     if not points:
         raise NotFound(f"document {doc_id!r} not found", field="doc_id")
     p = points[0]
@@ -129,17 +161,10 @@ async def get_document(name: str, doc_id: str, fleet: FleetDep, tenant: TenantDe
 
 
 @router.post("/v1/collections/{name}/scroll")
-async def scroll(name: str, body: ScrollRequest, fleet: FleetDep, tenant: TenantDep) -> Response:
+async def scroll(name: str, body: ScrollRequest, store: StoreDep, tenant: TenantDep) -> Response:
     """Page through a collection (export, audits, brute-force checks); `next_offset` is null at the end."""
     points, next_offset = await asyncio.to_thread(
-        fleet.runtime.store.scroll,
-        tenant,
-        name,
-        body.offset,
-        body.limit,
-        body.filter,
-        body.with_payload,
-        body.with_vectors,
+        store.scroll, tenant, name, body.offset, body.limit, body.filter, body.with_payload, body.with_vectors
     )
     return json_response(
         {

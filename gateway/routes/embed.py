@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import FleetDep, TenantDep, until_disconnect
-from gateway.routes.embeddings import json_response
+from gateway.deps import EmbedderDep, TenantDep, until_disconnect
+from gateway.responses import json_response
 from gateway.schemas.native import EmbedRequest
 from services.multimodal import Item, embed_items
 from services.vectors import to_base64
@@ -15,9 +15,8 @@ router = APIRouter(tags=["native"])
 
 
 @router.post("/v1/embed")
-async def embed(body: EmbedRequest, request: Request, fleet: FleetDep, _tenant: TenantDep) -> Response:
+async def embed(body: EmbedRequest, request: Request, embedder: EmbedderDep, _tenant: TenantDep) -> Response:
     request.state.model = body.model
-    embedder = fleet.runtime.embedder
     texts = [item.text for item in body.inputs if item.text is not None]
     embedder.check_payload(len(body.inputs), texts, "inputs")
     encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)

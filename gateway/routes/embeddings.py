@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import FleetDep, TenantDep, until_disconnect
+from gateway.deps import EmbedderDep, TenantDep, until_disconnect
+from gateway.responses import json_response
 from gateway.schemas.openai import EmbeddingsRequest
 from services.vectors import to_base64
 
 router = APIRouter(tags=["openai"])
-JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def json_response(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, option=JSON_OPTS), status_code=status, media_type="application/json")
 
 
 @router.post("/v1/embeddings")
 async def create_embeddings(
-    body: EmbeddingsRequest, request: Request, fleet: FleetDep, _tenant: TenantDep
+    body: EmbeddingsRequest, request: Request, embedder: EmbedderDep, _tenant: TenantDep
 ) -> Response:
     request.state.model = body.model
     texts: list[str] | None = None
@@ -34,10 +29,10 @@ async def create_embeddings(
         ids = raw  # type: ignore[assignment]
     else:
         texts = raw  # type: ignore[assignment]
-    fleet.embedder.check_payload(len(texts if texts is not None else ids or []), texts, "input")
+    embedder.check_payload(len(texts if texts is not None else ids or []), texts, "input")
     result = await until_disconnect(
         request,
-        fleet.embedder.embed_texts(
+        embedder.embed_texts(
             body.model,
             texts,
             ids,
@@ -63,9 +58,9 @@ async def create_embeddings(
 
 
 @router.get("/v1/models")
-async def list_models(fleet: FleetDep, _tenant: TenantDep) -> Response:
+async def list_models(embedder: EmbedderDep, _tenant: TenantDep) -> Response:
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "embedfleet"}
-        for name in sorted(fleet.settings.models)
+        for name in sorted(embedder.settings.models)
     ]
     return json_response({"object": "list", "data": data})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from gateway.deps import FleetDep
+from gateway.deps import EmbedderDep
+from gateway.responses import json_response
 
 router = APIRouter(tags=["health"])
 
@@ -18,14 +18,13 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz")
-async def readyz(fleet: FleetDep) -> Response:
-    models = await fleet.embedder.ready()
+async def readyz(embedder: EmbedderDep) -> Response:
+    models = await embedder.ready()
     ok = bool(models) and all(models.values())
-    body = {"status": "ready" if ok else "not_ready", "models": models}
-    headers = {} if ok else {"Retry-After": str(fleet.settings.retry_after_s)}
-    return Response(
-        orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json", headers=headers
-    )
+    response = json_response({"status": "ready" if ok else "not_ready", "models": models}, 200 if ok else 503)
+    if not ok:
+        response.headers["Retry-After"] = str(embedder.settings.retry_after_s)
+    return response
 
 
 @router.get("/metrics")

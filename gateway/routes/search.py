@@ -7,10 +7,10 @@ import asyncio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import Fleet, FleetDep, TenantDep, until_disconnect
-from gateway.routes.embeddings import json_response
+from gateway.deps import SearcherDep, TenantDep, until_disconnect
+from gateway.responses import json_response
 from gateway.schemas.collections import BatchSearch, SearchRequest
-from services.search import SearchResult, search
+from services.search import Query, Searcher, SearchResult
 
 router = APIRouter(tags=["search"])
 
@@ -24,12 +24,11 @@ def render(result: SearchResult) -> dict[str, object]:
     }
 
 
-def run(fleet: Fleet, tenant: str, name: str, body: SearchRequest, merge: bool = False):  # type: ignore[no-untyped-def]
-    return search(
-        fleet.runtime,
+async def _run(searcher: Searcher, tenant: str, name: str, body: SearchRequest, merge: bool) -> SearchResult:
+    return await searcher.search(
         tenant,
         name,
-        body.query.model_dump(),
+        Query(body.query.text, body.query.image, body.query.video),
         task=body.task,
         top_k=body.top_k,
         filter=body.filter,
@@ -41,15 +40,21 @@ def run(fleet: Fleet, tenant: str, name: str, body: SearchRequest, merge: bool =
 
 @router.post("/v1/collections/{name}/search")
 async def search_collection(
-    name: str, body: SearchRequest, request: Request, fleet: FleetDep, tenant: TenantDep, merge: bool = False
+    name: str,
+    body: SearchRequest,
+    request: Request,
+    searcher: SearcherDep,
+    tenant: TenantDep,
+    merge: bool = False,
 ) -> Response:
     """`?merge=true` during a migration also searches the backfilled v2 points (rank fusion)."""
-    return json_response(render(await until_disconnect(request, run(fleet, tenant, name, body, merge))))
+    return json_response(render(await until_disconnect(request, _run(searcher, tenant, name, body, merge))))
 
 
 @router.post("/v1/search/batch")
-async def search_batch(body: BatchSearch, request: Request, fleet: FleetDep, tenant: TenantDep) -> Response:
-    results = await until_disconnect(
-        request, asyncio.gather(*(run(fleet, tenant, s.collection, s) for s in body.searches))
-    )
+async def search_batch(
+    body: BatchSearch, request: Request, searcher: SearcherDep, tenant: TenantDep
+) -> Response:
+    runs = (_run(searcher, tenant, s.collection, s, False) for s in body.searches)
+    results = await until_disconnect(request, asyncio.gather(*runs))
     return json_response({"results": [render(r) for r in results]})

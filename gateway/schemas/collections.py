@@ -6,7 +6,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.indexing import Document
+from services import indexing
+
+
+class Document(BaseModel):
+    """A document on the wire; `to_core()` is what the core indexes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str | None = None
+    image: str | None = Field(None, description="base64 or data URI")
+    video: str | None = Field(None, description="base64 or data URI")
+    payload: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_content(self) -> Document:
+        if sum(x is not None for x in (self.text, self.image, self.video)) != 1:
+            raise ValueError("a document has exactly one of text, image, video")
+        return self
+
+    def to_core(self) -> indexing.Document:
+        return indexing.Document(self.id, self.text, self.image, self.video, self.payload)
 
 
 class CreateCollection(BaseModel):
@@ -31,6 +52,9 @@ class Documents(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     documents: list[Document] = Field(min_length=1)
+
+    def to_core(self) -> list[indexing.Document]:
+        return [d.to_core() for d in self.documents]
 
 
 class DeleteDocuments(BaseModel):
@@ -89,3 +113,10 @@ class ScrollRequest(BaseModel):
     filter: dict[str, Any] | None = None
     with_payload: bool = True
     with_vectors: bool = False
+
+
+class StartMigration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to_model: str
+    compensator: str = "auto"

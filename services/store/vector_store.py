@@ -177,11 +177,21 @@ class VectorStore:
             self.forget_queries(tenant, name)
 
     def set_migration(
-        self, tenant: str, name: str, migration: Mapping[str, Any] | None, status: str | None = None
+        self,
+        tenant: str,
+        name: str,
+        migration: Mapping[str, Any] | None,
+        status: str | None = None,
+        unless: Callable[[Mapping[str, Any] | None], str | None] | None = None,
     ) -> CollectionInfo:
-        """Persist the migration lifecycle's state slot (and optionally the collection status)."""
+        """Persist the migration lifecycle's slot (opaque here) and optionally the collection status.
+        `unless(current_slot)` may veto the write with a reason (409): a step that read the record before a
+        cancel or rollback must not write its stale view over it."""
         with self._admin:
             info = self._load(tenant, name)
+            veto = unless(info.migration) if unless is not None else None
+            if veto is not None:
+                raise Conflict(veto, field="name")
             info = replace(
                 info,
                 migration=None if migration is None else json.loads(json.dumps(migration)),

@@ -1,5 +1,5 @@
 """Real parts for integration tests: tritonserver (nvidia-pytriton's binary), redis-server, and gateway
-processes started with `python -m services.cli serve`. Everything binds to 127.0.0.1."""
+processes started with `python -m cli.main serve`. Everything binds to 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -158,10 +158,10 @@ class Gateway:
 
 
 def spawn_cli(command: str, env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
-    """`python -m services.cli COMMAND` from the repo root, in its own process group (tests stop or
+    """`python -m cli.main COMMAND` from the repo root, in its own process group (tests stop or
     SIGKILL the whole group), output to `log`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", command],
+        [sys.executable, "-m", "cli.main", command],
         env=env,
         cwd=ROOT,
         stdout=log.open("ab" if append else "wb"),

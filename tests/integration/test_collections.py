@@ -7,18 +7,17 @@ import os
 import signal
 import subprocess
 import time
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 
-from bench.corpus import stdlib_docs
 from services.blobs import BlobStore
 from services.config import Settings
-from services.jobs import RedisJobStore, create_job
+from services.jobs import RedisJobStore
+from services.jobs.dispatch import CeleryQueue, create_job
 from services.store import open_store
-from services.worker.celery_app import enqueue_job
+from tests.corpus import stdlib_docs
 from tests.integration.conftest import Gateway, Redis, spawn_cli, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -226,26 +225,25 @@ def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
     docs = corpus[:600]
     from services.indexing import Document
 
-    rt = SimpleNamespace(
-        settings=own, blobs=BlobStore.from_settings(own), jobs=RedisJobStore(redis_server.url)
-    )
-    job = create_job(rt, "t1", "docs", [Document(id=d.id, text=d.body) for d in docs])  # type: ignore[arg-type]
-    enqueue_job(own, job)
+    jobs = RedisJobStore(redis_server.url)
+    core_docs = [Document(id=d.id, text=d.body) for d in docs]
+    job = create_job(jobs, BlobStore.from_settings(own), own.job_chunk_size, "t1", "docs", core_docs)
+    CeleryQueue(own).send_job(job)
     log = data_dir / "worker.log"
     worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log)
     try:
         deadline = time.monotonic() + 120
-        while rt.jobs.get(job.id).done < 200 and time.monotonic() < deadline:
+        while jobs.get(job.id).done < 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert rt.jobs.get(job.id).done >= 200, log.read_text()[-2000:]
+        assert jobs.get(job.id).done >= 200, log.read_text()[-2000:]
         os.killpg(worker.pid, signal.SIGKILL)  # main process and its pool child, mid-job
         worker.wait(10)
-        assert rt.jobs.get(job.id).state == "running"
+        assert jobs.get(job.id).state == "running"
         worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log)
         deadline = time.monotonic() + 180
-        while rt.jobs.get(job.id).state == "running" and time.monotonic() < deadline:
+        while jobs.get(job.id).state == "running" and time.monotonic() < deadline:
             time.sleep(0.5)
-        final = rt.jobs.get(job.id)
+        final = jobs.get(job.id)
         assert final.state == "succeeded", (final.public(), log.read_text()[-2000:])
         assert final.done == final.total == 600
     finally:

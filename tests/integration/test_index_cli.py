@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.corpus import Doc, stdlib_docs
-from services.index_cli import ProgressFile, add_parser, progress_path, run_index
+from cli.index import ProgressFile, add_parser, progress_path, run_index
+from tests.corpus import Doc, stdlib_docs
 from tests.integration.conftest import Gateway
 
 pytestmark = pytest.mark.integration

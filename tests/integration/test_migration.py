@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from bench.corpus import stdlib_docs
+from tests.corpus import stdlib_docs
 from tests.integration.conftest import Gateway
 
 pytestmark = pytest.mark.integration
@@ -164,10 +164,9 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     import signal
 
     from services.indexing import Document, index_documents
-    from services.migration import lifecycle
+    from services.jobs.dispatch import CeleryQueue
     from services.runtime import Runtime
     from services.store import open_store
-    from services.worker.celery_app import enqueue_migration_step
     from tests.integration.test_collections import start_worker
 
     data_dir = settings.data_dir / "celery-mig"
@@ -181,15 +180,14 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
         try:
             rt.store.create_collection("t", "c", "all-minilm-l6-v2", "1", 384)
             for i in range(0, len(docs), 100):
-                await index_documents(
-                    rt, "t", "c", [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
-                )
-            await lifecycle.start(rt, "t", "c", "minilm-e5")
+                part = [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
+                await index_documents(rt.embedder, rt.store, rt.blobs, "t", "c", part)
+            await rt.migrations.start("t", "c", "minilm-e5")
         finally:
             await rt.close()
 
     asyncio.run(setup())
-    enqueue_migration_step(own, "t", "c")
+    CeleryQueue(own).send_step("t", "c")
     log = data_dir / "worker.log"
     env_models = {"EMBEDFLEET_MODELS": "all-minilm-l6-v2,minilm-e5", "EMBEDFLEET_LOG_LEVEL": "info"}
     worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log, env_models)

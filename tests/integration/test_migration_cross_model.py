@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bench.corpus import stdlib_docs
 from services.config import Settings
 from services.registry import load_registry
 from services.triton_server import LocalTriton
+from tests.corpus import stdlib_docs
 from tests.integration.conftest import Gateway, start_gateway
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.unit.deploy.deploy_support import load_monitoring
+from tests.unit.deploy import promql as monitoring
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -195,7 +195,6 @@ def wait_for_scrapes(prom: Prometheus) -> None:
 
 
 def test_every_panel_and_alert_query_against_live_metrics(fleet: Any, prometheus: Prometheus) -> None:
-    monitoring = load_monitoring()
     drive_traffic(fleet)
     wait_for_scrapes(prometheus)
 

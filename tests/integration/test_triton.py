@@ -7,7 +7,6 @@ import urllib.request
 import numpy as np
 import pytest
 
-from bench.corpus import sentences
 from services.batcher import pad_tokens
 from services.cache import NoCache
 from services.config import Settings
@@ -17,6 +16,7 @@ from services.registry import load_registry
 from services.tokenizer import TextTokenizer
 from services.triton_server import LocalTriton
 from services.vectors import l2_normalize
+from tests.corpus import sentences
 
 pytestmark = pytest.mark.integration
 MODEL = "all-minilm-l6-v2"

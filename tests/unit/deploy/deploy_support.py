@@ -1,31 +1,23 @@
-"""Helpers shared by the deploy tests (imported by name: pytest puts this directory on sys.path)."""
+"""Helpers shared by the deploy tests: the chart, its values files, and rendering it offline.
+
+Imported as `tests.unit.deploy.deploy_support` from the repository root, like every shared test helper;
+the monitoring generators are the package `helm.monitoring` and the query checks `tests.unit.deploy.promql`.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
+from services.config import Settings
+
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "helm" / "embedfleet"
-MONITORING_MODULE = REPO / "helm" / "monitoring" / "embedfleet_monitoring.py"
 # Every values file the chart ships; each must render and validate on its own over values.yaml.
 VALUES_FILES = sorted(p.name for p in CHART.glob("values*.yaml"))
-
-
-def load_monitoring() -> ModuleType:
-    """helm/monitoring is not a package: load the generator module by path."""
-    spec = importlib.util.spec_from_file_location("embedfleet_monitoring", MONITORING_MODULE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def render_chart(
@@ -57,9 +49,7 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def settings_fields() -> set[str]:
-    sys.path.insert(0, str(REPO))
-    from services.config import Settings
-
+    """Names of `Settings` fields: what an EMBEDFLEET_* variable may set."""
     return set(Settings.model_fields)
 
 

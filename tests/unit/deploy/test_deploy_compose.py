@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_support import REPO, undeclared_settings
+
+from tests.unit.deploy.deploy_support import REPO, undeclared_settings
 
 COMPOSE = REPO / "docker-compose.yml"
 

@@ -9,7 +9,8 @@ import tomllib
 from fnmatch import fnmatch
 
 import pytest
-from deploy_support import REPO
+
+from tests.unit.deploy.deploy_support import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 

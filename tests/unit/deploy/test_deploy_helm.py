@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import CHART, containers, render_chart, render_notes, settings_fields, undeclared_settings
+
+from tests.unit.deploy.deploy_support import (
+    CHART,
+    containers,
+    render_chart,
+    render_notes,
+    settings_fields,
+    undeclared_settings,
+)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 helm = pytest.importorskip("helm_python")

@@ -7,26 +7,25 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import yaml
-from deploy_support import REPO
+
+from helm.monitoring import embedfleet_monitoring
+from helm.monitoring.alerts import alerts
+from tests.unit.deploy import promql
+from tests.unit.deploy.deploy_support import REPO
 
 RULES_TEST = REPO / "helm" / "monitoring" / "tests" / "rules_test.yml"
 
 
-def all_queries(monitoring: ModuleType) -> list[tuple[str, str]]:
-    return [*monitoring.dashboard_queries(), *monitoring.rule_exprs()]
+def test_generated_files_are_current() -> None:
+    stale = embedfleet_monitoring.stale_files()
+    assert not stale, f"run {embedfleet_monitoring.COMMAND}: {stale}"
 
 
-def test_generated_files_are_current(monitoring: ModuleType) -> None:
-    stale = [p for p, content in monitoring.generated_files().items() if p.read_text() != content]
-    assert not stale, f"re-run helm/monitoring/embedfleet_monitoring.py: {stale}"
-
-
-def test_required_dashboards_and_variables(monitoring: ModuleType) -> None:
+def test_required_dashboards_and_variables() -> None:
     titles = set()
-    for path in monitoring.DASHBOARDS_DIR.glob("*.json"):
+    for path in embedfleet_monitoring.DASHBOARDS_DIR.glob("*.json"):
         board = json.loads(path.read_text())
         titles.add(board["title"])
         variables = {v["name"] for v in board["templating"]["list"]}
@@ -36,12 +35,12 @@ def test_required_dashboards_and_variables(monitoring: ModuleType) -> None:
     assert {t.removeprefix("Embedfleet / ") for t in titles} == expected
 
 
-def test_every_query_parses(monitoring: ModuleType, promtool: str, tmp_path: Path) -> None:
+def test_every_query_parses(promtool: str, tmp_path: Path) -> None:
     """promtool parses each panel query (as a recording rule) and each alert; errors name the culprit."""
-    queries = all_queries(monitoring)
+    queries = promql.shipped_queries()
     assert len(queries) > 30
     rules = [
-        {"record": f"embedfleet:query_check:{i}", "expr": monitoring.concrete(expr)}
+        {"record": f"embedfleet:query_check:{i}", "expr": promql.concrete(expr)}
         for i, (_, expr) in enumerate(queries)
     ]
     path = tmp_path / "queries.yml"
@@ -72,41 +71,41 @@ def test_promtool_rejects_a_broken_query(promtool: str, tmp_path: Path) -> None:
     assert subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, timeout=60).returncode
 
 
-def test_queries_name_only_exported_or_declared_metrics(monitoring: ModuleType) -> None:
-    known = monitoring.known_sample_names()
+def test_queries_name_only_exported_or_declared_metrics() -> None:
+    known = promql.known_sample_names()
     unknown = {}
-    for where, expr in all_queries(monitoring):
-        missing = monitoring.metric_names(expr) - known
+    for where, expr in promql.shipped_queries():
+        missing = promql.metric_names(expr) - known
         if missing:
             unknown[where] = sorted(missing)
     assert not unknown, json.dumps(unknown, indent=1)
 
 
-def test_metric_name_extraction_is_a_parser_not_a_regex(monitoring: ModuleType) -> None:
+def test_metric_name_extraction_is_a_parser_not_a_regex() -> None:
     expr = (
         'sum by (model, le) (rate(embedfleet_batch_size_bucket{model=~"$model"}[$__rate_interval])) '
         "/ on (model) group_left max by (model) (nv_inference_count) or vector(0)"
     )
-    assert monitoring.metric_names(expr) == {"embedfleet_batch_size_bucket", "nv_inference_count"}
+    assert promql.metric_names(expr) == {"embedfleet_batch_size_bucket", "nv_inference_count"}
 
 
-def test_every_gateway_metric_is_on_a_dashboard(monitoring: ModuleType) -> None:
+def test_every_gateway_metric_is_on_a_dashboard() -> None:
     """The reverse direction: a metric added to services/metrics.py without a panel is flagged."""
-    used = {n for _, expr in monitoring.dashboard_queries() for n in monitoring.metric_names(expr)}
-    unshown = sorted(f for f, samples in monitoring.gateway_families().items() if not samples & used)
+    used = {n for _, expr in promql.dashboard_queries() for n in promql.metric_names(expr)}
+    unshown = sorted(f for f, samples in promql.gateway_families().items() if not samples & used)
     assert not unshown, f"gateway metrics on no dashboard: {unshown}"
 
 
-def test_future_metrics_are_declared_once_and_used(monitoring: ModuleType) -> None:
+def test_future_metrics_are_declared_once_and_used() -> None:
     """Declared-but-not-yet-exported names must not collide with real ones, and must be used."""
-    assert not monitoring.FUTURE_METRICS & monitoring.gateway_sample_names()
-    used = {n for _, expr in all_queries(monitoring) for n in monitoring.metric_names(expr)}
-    assert used >= monitoring.FUTURE_METRICS
+    assert not promql.FUTURE_METRICS & promql.gateway_sample_names()
+    used = {n for _, expr in promql.shipped_queries() for n in promql.metric_names(expr)}
+    assert used >= promql.FUTURE_METRICS
 
 
-def test_alerts_cover_the_issue_and_have_runbooks(monitoring: ModuleType) -> None:
-    names = [a.name for a in monitoring.alerts()]
-    signals = " ".join(a.signal for a in monitoring.alerts())
+def test_alerts_cover_the_issue_and_have_runbooks() -> None:
+    names = [a.name for a in alerts()]
+    signals = " ".join(a.signal for a in alerts())
     for needle in (
         'status=~"5.."',
         "embedfleet_request_duration_seconds_bucket",
@@ -123,9 +122,10 @@ def test_alerts_cover_the_issue_and_have_runbooks(monitoring: ModuleType) -> Non
     assert not missing, f"no runbook entry in docs/operations.md: {missing}"
 
 
-def test_rule_file_checks_and_unit_tests_pass(monitoring: ModuleType, promtool: str) -> None:
+def test_rule_file_checks_and_unit_tests_pass(promtool: str) -> None:
+    rules_file = str(embedfleet_monitoring.RULES_FILE)
     check = subprocess.run(
-        [promtool, "check", "rules", str(monitoring.RULES_FILE)], capture_output=True, text=True, timeout=60
+        [promtool, "check", "rules", rules_file], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
     test = subprocess.run(
@@ -137,4 +137,4 @@ def test_rule_file_checks_and_unit_tests_pass(monitoring: ModuleType, promtool: 
         for case in yaml.safe_load(RULES_TEST.read_text())["tests"]
         for t in case.get("alert_rule_test", [])
     }
-    assert tested == {a.name for a in monitoring.alerts()}, "every alert needs a promtool unit test"
+    assert tested == {a.name for a in alerts()}, "every alert needs a promtool unit test"

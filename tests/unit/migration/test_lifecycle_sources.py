@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from dataclasses import dataclass
 from pathlib import Path
 
 from services.blobs import BlobStore
 from services.migration.lifecycle import pseudo_query, source_documents
 from services.store import StoredPoint
-
-
-@dataclass
-class BlobsOnly:
-    """The one attribute source_documents reads from services.runtime.Runtime."""
-
-    blobs: BlobStore
 
 
 def _point(pid: str, source: dict[str, str] | None, payload: dict[str, object] | None = None) -> StoredPoint:
@@ -32,7 +24,7 @@ def test_text_image_and_video_sources_are_rebuilt_from_the_blob_store(tmp_path: 
         _point("v", {"video": blobs.put(mp4)}),
         _point("none", None),
     ]
-    docs = asyncio.run(source_documents(BlobsOnly(blobs), points))  # type: ignore[arg-type]
+    docs = asyncio.run(source_documents(blobs, points))
     by_id = {d.id: d for d in docs}
     assert set(by_id) == {"t", "i", "v"}  # a point without a source cannot be re-embedded
     assert by_id["t"].text == "a document" and by_id["t"].payload == {"lang": "en"}

@@ -6,25 +6,17 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services import querylog
 from services.config import Settings
+from services.querylog import QueryLog
 from services.store import EdgeBackend, ServerBackend, VectorStore
 
 A, B = "tenant-a", "tenant-b"
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
-
-
-@dataclass
-class FakeRuntime:
-    """The two attributes querylog reads from services.runtime.Runtime."""
-
-    settings: Settings
-    store: VectorStore
 
 
 @pytest.fixture(params=["edge", "server"])
@@ -37,26 +29,26 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStor
     s.close()
 
 
-def _rt(store: VectorStore, **overrides: object) -> FakeRuntime:
-    return FakeRuntime(Settings(**overrides), store)  # type: ignore[arg-type]
+def _rt(store: VectorStore, **overrides: Any) -> QueryLog:
+    return QueryLog(Settings(**overrides), store)
 
 
-def _log_all(rt: FakeRuntime, tenant: str, name: str, texts: list[str], in_order: bool = False) -> None:
+def _log_all(rt: QueryLog, tenant: str, name: str, texts: list[str], in_order: bool = False) -> None:
     """Log `texts` as concurrent searches would (writes may land in any order), or one after another."""
 
     async def go() -> None:
         info = rt.store.get_collection(tenant, name)
         for t in texts:
-            querylog.remember(rt, info, t)  # type: ignore[arg-type]
+            rt.remember(info, t)
             if in_order:
-                await asyncio.gather(*querylog._pending)
-        await asyncio.gather(*querylog._pending)
+                await rt.drain()
+        await rt.drain()
 
     asyncio.run(go())
 
 
-def _recall(rt: FakeRuntime, tenant: str, name: str, limit: int = 10_000) -> list[str]:
-    return asyncio.run(querylog.recall(rt, tenant, name, limit))  # type: ignore[arg-type]
+def _recall(rt: QueryLog, tenant: str, name: str, limit: int = 10_000) -> list[str]:
+    return asyncio.run(rt.recall(tenant, name, limit))
 
 
 def test_nothing_is_kept_unless_the_collection_opted_in(store: VectorStore) -> None:

@@ -20,7 +20,7 @@ def tok() -> TextTokenizer:
 def test_matches_sentence_transformers(tok: TextTokenizer) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from bench.corpus import sentences
+    from tests.corpus import sentences
 
     texts = [*sentences(200), "x " * 400, "", "émoji 🙂"]
     st = SentenceTransformer(str(SPEC.source_dir()), device="cpu")

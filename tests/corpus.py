@@ -11,6 +11,7 @@ import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 SKIP = ("test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "ensurepip", "pydoc_data")
 
@@ -62,6 +63,32 @@ def stdlib_docs(min_body_words: int = 12) -> list[Doc]:
                 doc_id = f"{base}#{n}"
             ids.add(doc_id)
             out.append(Doc(doc_id, title, body))
+    return out
+
+
+Task = Literal["summary-rest", "firstline-full"]
+_RULE = re.compile(r"\s*[-=~^*]{3,}\s*")
+
+
+def _squash(text: str) -> str:
+    return " ".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
+
+
+def docstring_pairs_of(tree: ast.AST, task: Task) -> list[tuple[str, str]]:
+    """(query, document) pairs cut from every docstring of `tree` with a summary paragraph: `summary-rest`
+    keeps the summary out of its document (the hard task), `firstline-full` keeps the whole docstring."""
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        doc = ast.get_docstring(node)
+        if not doc or "\n\n" not in doc.strip():
+            continue
+        head, rest = doc.strip().split("\n\n", 1)
+        body = doc.strip() if task == "firstline-full" else rest
+        query, document = " ".join(head.split()), " ".join(_squash(body).split())[:1200]
+        if 3 <= len(query.split()) <= 40 and len(document.split()) >= 8:
+            out.append((query, document))
     return out
 
 

@@ -1,7 +1,7 @@
-"""`embedfleet` command line: build, triton, serve, worker.
+"""`embedfleet` command line: build, triton, serve, worker, index.
 
-This is the composition root: the only module of `services` allowed to import `gateway` and
-`trt_build`, and only lazily, inside the command that needs them.
+The composition root: it imports `gateway` and `trt_build` lazily, inside the command that needs them,
+so `embedfleet index` (an HTTP client) starts without loading the model stack.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from services import index_cli
+from cli import index as index_cli
 from services.config import Settings, get_settings
 from services.registry import load_registry
 
@@ -149,7 +149,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from services.worker.celery_app import main as worker_main
+    from services.worker.tasks import main as worker_main
 
     worker_main(settings, concurrency=args.concurrency)
     return 0

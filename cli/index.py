@@ -263,7 +263,7 @@ def run_index(
 ) -> int:
     """Index `args.file` into `args.collection`; 0 done (or stopped by --max-batches), 1 error, 130 Ctrl-C.
 
-    `settings` is accepted (and unused) so `services.cli` can dispatch to it like its other commands;
+    `settings` is accepted (and unused) so `cli.main` can dispatch to it like its other commands;
     `client` lets a caller supply its own httpx client (transport, proxies, TLS).
     """
     file = Path(args.file)
@@ -351,7 +351,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m services.index_cli ...`), same arguments as `embedfleet index`."""
+    """Standalone entry (`python -m cli.index ...`), same arguments as `embedfleet index`."""
     parser = argparse.ArgumentParser(prog="embedfleet")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run_index(parser.parse_args(["index", *(sys.argv[1:] if argv is None else argv)]))
