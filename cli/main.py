@@ -1,4 +1,4 @@
-"""`embedfleet` command line: build, triton, serve, worker, index.
+"""`embedfleet` command line: build, triton, serve, worker, index, store.
 
 The composition root: it imports `gateway` and `trt_build` lazily, inside the command that needs them,
 so `embedfleet index` (an HTTP client) starts without loading the model stack.
@@ -15,6 +15,7 @@ import sys
 import threading
 
 from cli import index as index_cli
+from cli import store as store_cli
 from services.config import Settings, get_settings
 from services.registry import load_registry
 
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run a Celery worker for indexing and backfill jobs (needs broker_url)")
     p.add_argument("--concurrency", type=int, default=1)
     index_cli.add_parser(sub)
+    store_cli.add_parser(sub)
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         args.target = settings.build_target
     handlers = {"build": cmd_build, "triton": cmd_triton, "serve": cmd_serve, "worker": cmd_worker}
     handlers["index"] = index_cli.run_index
+    handlers["store"] = store_cli.run
     return handlers[args.command](args, settings)
 
 

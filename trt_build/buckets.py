@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from services.registry import ModelSpec
 
 MIN_SEQ_BUCKET = 16
-T = TypeVar("T", bound=Sequence)  # numpy arrays and torch tensors alike
+
+
+class Rows(Protocol):
+    """What split_sizes needs: numpy arrays and torch tensors alike slice along their first axis."""
+
+    def __getitem__(self, key: slice, /) -> Any: ...
+
+
+T = TypeVar("T", bound=Rows)
 
 
 def _doubling(start: int, limit: int) -> tuple[int, ...]:

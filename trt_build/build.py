@@ -11,14 +11,14 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from services.config import Settings
 from services.registry import Kind, ModelSpec, Registry
 from trt_build import engine as trt_engine
-from trt_build.parity import MIN_COSINE, PARITY_SENTENCES, ParityReport, compare, reference_embeddings
+from trt_build.model_files import install_model
+from trt_build.parity import MIN_COSINE, TextReference, check_parity, ort_run, require
 from trt_build.profiles import text_profile, trtexec_shapes
 from trt_build.triton_config import CpuOptions, cpu_config, gpu_config, token_inputs
 
@@ -29,6 +29,8 @@ BUILD_CODE = [
         "export.py",
         "cross_encoder.py",
         "parity.py",
+        "pooling.py",
+        "model_files.py",
         "python_model.py",
         "triton_config.py",
         "torch_cuda_model.py",
@@ -73,40 +75,6 @@ def _model_dir(spec: ModelSpec, settings: Settings) -> Path | None:
     return spec.source_dir()
 
 
-def ort_run(onnx_path: Path, threads: int = 2):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-    def run(*arrays: np.ndarray) -> np.ndarray:
-        names = [i.name for i in session.get_inputs()]
-        return session.run(None, dict(zip(names, arrays, strict=True)))[0]
-
-    return run
-
-
-def _st_tokenize(model_dir: Path, spec: ModelSpec):  # type: ignore[no-untyped-def]
-    """The reference's own tokenizer: parity isolates the engine from our tokenizer."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_dir), device="cpu")
-    model.max_seq_length = spec.max_seq_length
-
-    def encode(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        features = model.tokenize(sentences)
-        return features["input_ids"].numpy(), features["attention_mask"].numpy()
-
-    return encode
-
-
-def text_parity(spec: ModelSpec, model_dir: Path, onnx_path: Path) -> ParityReport:
-    reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)
-    ids, mask = _st_tokenize(model_dir, spec)(list(PARITY_SENTENCES))
-    return compare("onnxruntime", ort_run(onnx_path)(ids, mask), reference)
-
-
 def build(
     registry: Registry, name: str, settings: Settings, target: str = "cpu", force: bool = False
 ) -> BuildReport:
@@ -139,6 +107,8 @@ def build(
     if target == "torch-cuda":
         from trt_build.torch_target import TorchCudaOptions, write_torch_cuda_entry
 
+        if model_dir is None:
+            raise ValueError(f"{spec.name}: torch-cuda serves a model folder; {spec.source.type} has none")
         torch_opts = TorchCudaOptions(
             dtype=settings.torch_dtype,
             cuda_graphs=settings.torch_cuda_graphs,
@@ -185,19 +155,17 @@ def build(
         report.say(
             f"exported ONNX {onnx_path} ({figures['onnx_mb']:.1f} MB) in {time.perf_counter() - started:.1f}s"
         )
-        parity = text_parity(spec, model_dir, onnx_path)
+        reference = TextReference.load(spec, model_dir)
+        parity = check_parity("onnxruntime", ort_run(onnx_path), reference)
         report.figures["parity_onnx"] = {"max_abs_diff": parity.max_abs_diff, "min_cosine": parity.min_cosine}
-        report.say(str(parity))
-        if not parity.ok:
-            raise RuntimeError(str(parity))
+        require(spec.name, parity, report.say)
         plan = _tensorrt_step(spec, onnx_path, repo, target, report)
         if plan is not None:
-            reference = reference_embeddings(spec, model_dir, PARITY_SENTENCES)
-            ids, mask = _st_tokenize(model_dir, spec)(list(PARITY_SENTENCES))
-            trt_parity = compare("tensorrt", trt_engine.run_engine(plan, ids, mask), reference)
-            report.say(str(trt_parity))
-            if not trt_parity.ok:
-                raise RuntimeError(str(trt_parity))
+            require(
+                spec.name,
+                check_parity("tensorrt", partial(trt_engine.run_engine, plan), reference),
+                report.say,
+            )
 
     write_repository_entry(spec, model_root, target, opts)
     report.say(f"wrote Triton {target} entry {model_root}/config.pbtxt")
@@ -225,7 +193,7 @@ def write_repository_entry(spec: ModelSpec, model_root: Path, target: str, opts:
     version_dir.mkdir(parents=True, exist_ok=True)
     if target == "cpu":
         (model_root / "config.pbtxt").write_text(cpu_config(spec, opts))
-        shutil.copyfile(Path(__file__).with_name("python_model.py"), version_dir / "model.py")
+        install_model("python_model.py", version_dir)
         shutil.rmtree(model_root / "configs", ignore_errors=True)
     else:
         (model_root / "config.pbtxt").write_text(gpu_config(spec, "tensorrt"))

@@ -23,7 +23,7 @@ import numpy as np
 
 from services.registry import ModelSpec
 from trt_build.export import export_module
-from trt_build.parity import PARITY_PAIRS, ScoreParity, compare_scores
+from trt_build.parity import PARITY_PAIRS, ScoreParity, compare_scores, ort_run, require
 from trt_build.triton_config import PAIR_INPUTS, SCORES
 
 if TYPE_CHECKING:
@@ -146,8 +146,6 @@ def st_activation(model_dir: Path) -> str:
 
 
 def onnx_parity(spec: ModelSpec, model: torch.nn.Module, tokenizer_dir: Path, onnx_path: Path) -> ScoreParity:
-    from trt_build.build import ort_run
-
     features = reference_features(spec, tokenizer_dir)
     return compare_scores("onnxruntime", ort_run(onnx_path)(*features), torch_scores(model, features))
 
@@ -160,10 +158,8 @@ def export_and_check(
     figures: dict[str, object] = dict(export_scorer(model, onnx_path))
     say(f"exported cross-encoder {onnx_path} ({figures['onnx_mb']:.1f} MB) in {figures['export_s']:.1f}s")
     parity = onnx_parity(spec, model, model_dir, onnx_path)
-    say(str(parity))
     figures["parity_onnx"] = {"max_abs_diff": parity.max_abs_diff, "score_std": parity.score_spread}
-    if not parity.ok:
-        raise RuntimeError(f"{spec.name}: {parity}")
+    require(spec.name, parity, say)
     expected = spec.activation if spec.source.type == "random-init" else st_activation(model_dir)
     if expected != spec.activation:
         say(

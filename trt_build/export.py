@@ -1,9 +1,10 @@
 """Export a registry text encoder to ONNX with pooling inside the graph.
 
 Pooling in the graph means Triton returns [batch, dim] instead of [batch, seq, hidden]: less data on the
-wire and the same I/O signature for every engine (ONNX Runtime, TensorRT, torch-cuda). L2 normalization
-is left to the gateway (services.vectors): it must follow Matryoshka truncation, and `normalize: false`
-requests need the raw pooled vector.
+wire and the same I/O signature for every engine (ONNX Runtime, TensorRT, torch-cuda). The pooling is
+trt_build.pooling, the code the torch-cuda and vlm engines run. L2 normalization is left to the gateway
+(services.vectors): it must follow Matryoshka truncation, and `normalize: false` requests need the raw
+pooled vector.
 """
 
 from __future__ import annotations
@@ -22,37 +23,17 @@ OUTPUT_NAME = "embeddings"
 OPSET = 17
 
 
-def _pooled_module(spec: ModelSpec, model_dir: Path):  # type: ignore[no-untyped-def]
-    """Wrap the HF encoder with the registry's pooling."""
-    import torch
+def _pooled_module(spec: ModelSpec, model_dir: Path) -> torch.nn.Module:
+    """The HF encoder with the registry's pooling (trt_build.pooling, the torch-cuda engine's own), eager
+    attention: what the legacy exporter traces."""
     from transformers import AutoModel
 
+    from trt_build.pooling import PooledEncoder
+
+    if spec.pooling == "none":
+        raise ValueError(f"pooling {spec.pooling!r} cannot be exported for a text encoder")
     encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
-    encoder.eval()
-
-    class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if "token_type_ids" in self.encoder.forward.__code__.co_varnames:
-                kwargs["token_type_ids"] = torch.zeros_like(input_ids)
-            hidden = self.encoder(**kwargs).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            if spec.pooling == "mean":
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            elif spec.pooling == "cls":
-                pooled = hidden[:, 0]
-            elif spec.pooling == "last-token":
-                last = attention_mask.sum(1) - 1
-                pooled = hidden[torch.arange(hidden.shape[0]), last]
-            else:
-                raise ValueError(f"pooling {spec.pooling!r} cannot be exported for a text encoder")
-            return pooled
-
-    return Pooled().eval()
+    return PooledEncoder(encoder.eval(), spec.pooling).eval()
 
 
 def export_module(
@@ -61,14 +42,17 @@ def export_module(
     input_names: tuple[str, ...],
     output_name: str,
     out_path: Path,
+    sequence: bool = True,
 ) -> dict[str, float]:
-    """Export token inputs with dynamic batch and sequence axes (legacy exporter: the dynamo one mishandles
-    them), written beside the target and renamed into place so a crash never leaves half a graph."""
+    """Export with a dynamic batch axis, and a dynamic sequence axis on token inputs (legacy exporter: the
+    dynamo one mishandles them), written beside the target and renamed into place so a crash never
+    leaves half a graph."""
     import torch
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".onnx.tmp")
-    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dims = {0: "batch", 1: "sequence"} if sequence else {0: "batch"}
+    axes: dict[str, dict[int, str]] = {name: dict(dims) for name in input_names}
     start = time.perf_counter()
     with torch.no_grad():
         torch.onnx.export(

@@ -12,6 +12,7 @@ import numpy as np
 from services.registry import ModelSpec
 
 MIN_COSINE = 0.9999
+TokenRunner = Callable[..., np.ndarray]  # token arrays (ids, mask[, token types]) -> one output per row
 
 # Fixed, varied-length sentences: short, long (truncated at max_seq_length), punctuation, unicode.
 PARITY_SENTENCES: tuple[str, ...] = (
@@ -104,31 +105,65 @@ class ParityReport:
         )
 
 
-def reference_embeddings(spec: ModelSpec, model_dir: Path, sentences: tuple[str, ...]) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
+@dataclass(frozen=True)
+class TextReference:
+    """sentence-transformers on the parity sentences: its own tokenization as one padded batch (what an
+    engine runs, so parity isolates the engine from our tokenizer) and its embeddings."""
 
-    model = SentenceTransformer(str(model_dir), device="cpu")
-    model.max_seq_length = spec.max_seq_length
-    return np.asarray(model.encode(list(sentences), normalize_embeddings=True, batch_size=8))
+    ids: np.ndarray
+    mask: np.ndarray
+    embeddings: np.ndarray
+
+    @classmethod
+    def load(
+        cls, spec: ModelSpec, model_dir: Path, sentences: tuple[str, ...] = PARITY_SENTENCES
+    ) -> TextReference:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(model_dir), device="cpu")
+        model.max_seq_length = spec.max_seq_length
+        features = model.tokenize(list(sentences))
+        embeddings = model.encode(list(sentences), normalize_embeddings=True, batch_size=8)
+        return cls(features["input_ids"].numpy(), features["attention_mask"].numpy(), np.asarray(embeddings))
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """float64 rows scaled to unit length by trt_build.pooling's normalization."""
+    import torch
+
+    from trt_build.pooling import l2_normalize
+
+    return l2_normalize(torch.from_numpy(np.asarray(vectors, dtype=np.float64))).numpy()
 
 
 def compare(engine: str, got: np.ndarray, want: np.ndarray) -> ParityReport:
-    """Compare L2-normalized vectors: engines emit pooled vectors, normalization happens in the gateway."""
-    got = got.astype(np.float64)
-    want = want.astype(np.float64)
-    got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
-    want /= np.maximum(np.linalg.norm(want, axis=1, keepdims=True), 1e-12)
-    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
-    return ParityReport(engine, len(got), float(np.abs(got - want).max()), float(cos.min()))
+    """Compare directions: engines emit pooled vectors, normalization happens in the gateway."""
+    got, want = unit_rows(got), unit_rows(want)
+    return ParityReport(engine, len(got), float(np.abs(got - want).max()), float((got * want).sum(1).min()))
 
 
-def check_parity(
-    engine: str,
-    run: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
-    reference: np.ndarray,
-    sentences: tuple[str, ...] = PARITY_SENTENCES,
-) -> ParityReport:
-    """Run `engine` on the tokenized sentences (one padded batch) and compare with the reference."""
-    ids, mask = encode(list(sentences))
-    return compare(engine, run(ids, mask), reference)
+def check_parity(engine: str, run: TokenRunner, reference: TextReference) -> ParityReport:
+    """Run `engine` on the reference's token batch and compare with the reference's embeddings."""
+    return compare(engine, run(reference.ids, reference.mask), reference.embeddings)
+
+
+def ort_run(onnx_path: Path, threads: int = 2) -> TokenRunner:
+    """ONNX Runtime on CPU, the graph's inputs in order: the engine the cpu target serves."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, dict(zip(names, arrays, strict=True)))[0])
+
+    return run
+
+
+def require(model: str, result: ParityReport | ScoreParity, say: Callable[[str], None]) -> None:
+    """Say the parity line; a failed check raises, so a build stops before it writes the entry."""
+    say(str(result))
+    if not result.ok:
+        raise RuntimeError(f"{model}: {result}")

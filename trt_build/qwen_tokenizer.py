@@ -19,6 +19,7 @@ import importlib.resources
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -222,8 +223,9 @@ def _packaged_tokenizer_json(family: str) -> str:
     return build_tokenizer(None, family).to_str(pretty=True)
 
 
-def tokenizer_config(family: str = "qwen2-vl") -> dict[str, object]:
-    """A `tokenizer_config.json` so transformers' AutoTokenizer/processors load the folder too."""
+def tokenizer_config(family: str = "qwen2-vl") -> dict[str, Any]:
+    """A `tokenizer_config.json` so transformers' AutoTokenizer/processors load the folder too (JSON: its
+    nested values are edited by callers, hence Any)."""
     return {
         "tokenizer_class": "Qwen2Tokenizer",
         "model_max_length": 32768,

@@ -1,8 +1,9 @@
 """Triton python-backend model, `torch-cuda` engine: an HF encoder in fp16/bf16 replayed as CUDA graphs.
 
-Copied into the repository as `<model>/<version>/model.py` with `buckets.py` beside it (the stub imports
-the model as `<version>.model`, so the sibling is a relative import here and in the source tree alike;
-nothing else from the project is imported). Same I/O signature as the cpu and TensorRT engines.
+Copied into the repository as `<model>/<version>/model.py` with `buckets.py` and `pooling.py` beside it
+(trt_build/model_files.py: the stub imports the model as `<version>.model`, so the siblings are relative
+imports here and in the source tree alike; nothing else from the project is imported). Same I/O signature
+as the cpu and TensorRT engines.
 
 Why this shape: measured on an H100, batch-1 eager bert-base is 7.8 ms against 0.72 ms replayed from a
 CUDA graph, and a naive python-backend model reached 12-20% of the raw engine. So `initialize` captures
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from torch.utils.dlpack import to_dlpack
 
 from . import buckets as bk
+from . import pooling
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -38,32 +40,6 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 IMAGE_KEY = 0  # graphs of image towers are keyed (batch, IMAGE_KEY): they have no sequence axis
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Registry pooling in fp32 on the device. last-token takes the last set mask position, so it holds
-    for left and right padding alike."""
-    if pooling == "mean":
-        m = mask.unsqueeze(-1).to(torch.float32)
-        return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
-    if pooling == "cls":
-        return hidden[:, 0].float()
-    if pooling == "last-token":
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        last = (mask.to(torch.int64) * positions).argmax(1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
-    raise ValueError(f"pooling {pooling!r} is not supported for a text encoder")
-
-
-class PooledText(torch.nn.Module):
-    def __init__(self, encoder: torch.nn.Module, pooling: str) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.pooling = pooling
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
-
-
 class ImageTower(torch.nn.Module):
     """Projected image embedding where the architecture has one (CLIP ...WithProjection), else the pooler."""
 
@@ -72,9 +48,7 @@ class ImageTower(torch.nn.Module):
         self.encoder = encoder
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(pixel_values=pixel_values)
-        emb = getattr(out, "image_embeds", None)
-        return (emb if emb is not None else out.pooler_output).float()
+        return pooling.own_embedding(self.encoder(pixel_values=pixel_values))
 
 
 @dataclass(frozen=True)
@@ -113,9 +87,10 @@ class Engine:
         self.opts = opts
         self.dtype = DTYPES[opts.dtype] if self.on_cuda else torch.float32
         self.buckets = buckets
-        self.module = module.to(self.device, self.dtype).eval()
+        module = module.to(self.device, self.dtype).eval()
+        self.module: Callable[..., torch.Tensor] = module
         if opts.compile_mode != "none":
-            self.module = torch.compile(self.module, mode=opts.compile_mode, dynamic=False)
+            self.module = torch.compile(module, mode=opts.compile_mode, dynamic=False)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         self._host = torch.empty(0, dtype=torch.int64)
         self._dev = torch.empty(0, dtype=torch.int64, device=self.device)
@@ -131,7 +106,7 @@ class Engine:
             names = [a for a in (config.architectures or []) if hasattr(transformers, a)]
             cls_ = getattr(transformers, names[0]) if names else cls_
         encoder = cls_.from_pretrained(model_dir, attn_implementation=opts.attn_implementation)
-        module = ImageTower(encoder) if opts.image_size else PooledText(encoder, opts.pooling)
+        module = ImageTower(encoder) if opts.image_size else pooling.PooledEncoder(encoder, opts.pooling)
         return cls(module, buckets, opts, device)
 
     @property

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.registry import Kind, ModelSpec
 from trt_build.buckets import BucketSet
+from trt_build.model_files import copy_weights, install_model
 from trt_build.triton_config import _io_block, _param
 
 MODEL_FILES = ("config.json", "*.safetensors")  # what the engine loads: no tokenizer, no README
@@ -75,21 +76,11 @@ def torch_cuda_config(spec: ModelSpec, opts: TorchCudaOptions | None = None) -> 
     return "\n".join(parts) + "\n"
 
 
-def _copy_model(model_dir: Path, dest: Path) -> None:
-    if model_dir.resolve() == dest.resolve():
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    for pattern in MODEL_FILES:
-        for src in model_dir.glob(pattern):
-            target = dest / src.name
-            if not target.exists() or target.stat().st_size != src.stat().st_size:
-                shutil.copyfile(src, target)
-
-
 def write_torch_cuda_entry(
     spec: ModelSpec, model_root: Path, model_dir: Path, opts: TorchCudaOptions | None = None
 ) -> Path:
-    """config.pbtxt + `<version>/model.py` + `<version>/buckets.py` + the weights the engine loads.
+    """config.pbtxt + `<version>/model.py` with its siblings (buckets.py, pooling.py) + the weights the
+    engine loads.
 
     Weights go to the registry's `engines.torch` path (relative to the repository) when it names one, so the
     repository is self-contained (it is mounted into the Triton container). Returns the weights folder.
@@ -98,13 +89,11 @@ def write_torch_cuda_entry(
     version_dir = model_root / spec.version
     version_dir.mkdir(parents=True, exist_ok=True)
     weights = model_root.parent / spec.engines["torch"] if "torch" in spec.engines else version_dir / "torch"
-    _copy_model(model_dir, weights)
+    copy_weights(model_dir, weights, MODEL_FILES)
     rel = os.path.relpath(weights, version_dir)
     if rel != opts.model_dir:
         opts = TorchCudaOptions(**{**opts.__dict__, "model_dir": rel})
     (model_root / "config.pbtxt").write_text(torch_cuda_config(spec, opts))
-    here = Path(__file__).parent
-    shutil.copyfile(here / "torch_cuda_model.py", version_dir / "model.py")
-    shutil.copyfile(here / "buckets.py", version_dir / "buckets.py")
+    install_model("torch_cuda_model.py", version_dir)
     shutil.rmtree(model_root / "configs", ignore_errors=True)
     return weights

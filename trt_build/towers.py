@@ -8,22 +8,30 @@ The export path and the parity check are the same ones real weights would take.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.registry import Kind, ModelSpec
+from trt_build.export import INPUT_NAMES, OUTPUT_NAME, export_module
+from trt_build.parity import unit_rows
+
+if TYPE_CHECKING:
+    import torch
 
 VISION = {"CLIPVisionConfig": "CLIPVisionModelWithProjection", "SiglipVisionConfig": "SiglipVisionModel"}
 TEXT = {"CLIPTextConfig": "CLIPTextModelWithProjection", "SiglipTextConfig": "SiglipTextModel"}
 
 
-def build_tower(spec: ModelSpec, overrides: dict[str, Any] | None = None, seed: int = 0):  # type: ignore[no-untyped-def]
-    """The tower wrapped to return [batch, dim] embeddings, from the registry's config."""
+def build_tower(
+    spec: ModelSpec, overrides: dict[str, Any] | None = None, seed: int = 0
+) -> tuple[torch.nn.Module, Any]:
+    """The tower wrapped to return [batch, dim] embeddings, and its transformers config."""
     import torch
     import transformers
+
+    from trt_build.pooling import own_embedding
 
     arch = spec.source.architecture or ""
     classes = VISION if spec.kind is Kind.image_encoder else TEXT
@@ -47,15 +55,12 @@ def build_tower(spec: ModelSpec, overrides: dict[str, Any] | None = None, seed: 
                 out = self.model(pixel_values=inputs[0])
             else:
                 out = self.model(input_ids=inputs[0], attention_mask=inputs[1])
-            pooled = getattr(out, "image_embeds", None)
-            if pooled is None:
-                pooled = getattr(out, "text_embeds", None)
-            return out.pooler_output if pooled is None else pooled
+            return own_embedding(out)  # the registry's `pooling: none`
 
     return Tower().eval(), config
 
 
-def example_inputs(spec: ModelSpec, config: Any, batch: int = 2):  # type: ignore[no-untyped-def]
+def example_inputs(spec: ModelSpec, config: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -80,34 +85,16 @@ def export_tower(
     tower, config = build_tower(spec, overrides)
     inputs = example_inputs(spec, config)
     vision = spec.kind is Kind.image_encoder
-    names = ["pixel_values"] if vision else ["input_ids", "attention_mask"]
-    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in names}
-    if not vision:
-        for n in names:
-            axes[n][1] = "sequence"
-    axes["embeddings"] = {0: "batch"}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    names = ("pixel_values",) if vision else INPUT_NAMES
+    figures = export_module(tower, inputs, names, OUTPUT_NAME, out_path, sequence=not vision)
     with torch.no_grad():
-        torch.onnx.export(
-            tower,
-            inputs,
-            str(out_path),
-            input_names=names,
-            output_names=["embeddings"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
         want = tower(*inputs).numpy()
-    export_s = time.perf_counter() - started
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
-    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    cos = (unit_rows(got) * unit_rows(want)).sum(1)
     return {
-        "export_s": export_s,
+        **figures,
         "max_abs_diff": float(np.abs(got - want).max()),
         "min_cosine": float(cos.min()),
         "dimension": int(got.shape[1]),
-        "onnx_mb": out_path.stat().st_size / 1e6,
     }

@@ -1,7 +1,8 @@
 """Triton python-backend model, `vlm` engine: a Qwen2-VL-family backbone as a VLM2Vec-style embedder.
 
-Copied into the repository as `<model>/<version>/model.py`; it imports only numpy, torch, transformers
-and (inside `TritonPythonModel` only) the backend's utilities, never the project. CPU fp32 for tests,
+Copied into the repository as `<model>/<version>/model.py` with `pooling.py` beside it
+(trt_build/model_files.py); it imports only numpy, torch, transformers, that sibling and (inside
+`TritonPythonModel` only) the backend's utilities, never the project. CPU fp32 for tests,
 CUDA bf16 where available. The gateway does all preprocessing in numpy (`services/media/qwen2vl.py`):
 resize, patches, placeholder expansion and the 3-D M-RoPE positions, so this model runs no HF processor
 and no HF rope code, and `model.rope_deltas` (generation state HF keeps on the model object) is never
@@ -40,7 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+
+from . import pooling
 
 INPUT_NAMES = ("input_ids", "item_lengths", "position_ids", "pixel_values", "grid_thw")
 OPTIONAL_INPUTS = ("pixel_values", "grid_thw")
@@ -199,19 +201,12 @@ def assemble(requests: Sequence[VlmRequest], padding_side: str, pad_token_id: in
     )
 
 
-def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Hidden state at each row's last real token, for left and right padding alike, L2-normalized fp32."""
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = (mask.to(torch.int64) * positions).argmax(1)
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
-    return F.normalize(pooled, dim=-1)
-
-
 def backbone_forward(
-    model: torch.nn.Module, batch: Batch, spec: TokenSpec, device: torch.device, dtype: torch.dtype
+    model: Any, batch: Batch, spec: TokenSpec, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Vision tower over all patches, features into the placeholder slots, language model with the given
-    3-D positions, last-token pooling. Plain autograd-capable code: the trainer uses it too."""
+    3-D positions, last-token pooling (either padding side), L2-normalized. Plain autograd-capable code:
+    the trainer uses it too. `model` is the transformers backbone: `.visual` and `.language_model`."""
     ids = batch.input_ids.to(device)
     mask = batch.attention_mask.to(device)
     embeds = model.get_input_embeddings()(ids)
@@ -232,7 +227,7 @@ def backbone_forward(
         use_cache=False,
         **extra,
     )
-    return last_token_pool(out.last_hidden_state, mask)
+    return pooling.l2_normalize(pooling.pool(out.last_hidden_state, mask, "last-token"))
 
 
 class VlmEngine:
@@ -240,7 +235,7 @@ class VlmEngine:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,  # a transformers model: its config and `rope_deltas` are no torch.nn.Module attributes
         device: str = "cpu",
         dtype: str = "bfloat16",
         padding_side: str = "left",
@@ -413,4 +408,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.engine = None
+        del self.engine  # the weights go with the last reference

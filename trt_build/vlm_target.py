@@ -8,11 +8,11 @@ Triton's dynamic batcher may merge; the engine then re-splits them under `max_ba
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.registry import ModelSpec
+from trt_build.model_files import copy_weights, install_model
 
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
 
@@ -76,19 +76,15 @@ def vlm_config(spec: ModelSpec, patch_dim: int, opts: VlmOptions | None = None) 
 def write_vlm_entry(
     spec: ModelSpec, model_root: Path, hf_dir: Path, patch_dim: int, opts: VlmOptions | None = None
 ) -> Path:
-    """config.pbtxt + `<version>/model.py` (= vlm_model.py) + the weights under `<version>/<model_dir>`.
+    """config.pbtxt + `<version>/model.py` (= vlm_model.py, with its siblings) + the weights under
+    `<version>/<model_dir>`.
 
     Only what the engine loads is copied (config and safetensors); the tokenizer and preprocessor config
     stay with the gateway. Returns the weights folder."""
     opts = opts or VlmOptions()
     version_dir = model_root / spec.version
     weights = version_dir / opts.model_dir
-    weights.mkdir(parents=True, exist_ok=True)
-    for pattern in MODEL_FILES:
-        for src in hf_dir.glob(pattern):
-            target = weights / src.name
-            if not target.exists() or target.stat().st_size != src.stat().st_size:
-                shutil.copyfile(src, target)
+    copy_weights(hf_dir, weights, MODEL_FILES)
     (model_root / "config.pbtxt").write_text(vlm_config(spec, patch_dim, opts))
-    shutil.copyfile(Path(__file__).with_name("vlm_model.py"), version_dir / "model.py")
+    install_model("vlm_model.py", version_dir)
     return weights

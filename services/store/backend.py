@@ -105,6 +105,9 @@ class Backend(Protocol):
 
     def log_forget(self, key: str) -> None: ...
 
+    def log_entries(self) -> list[tuple[str, str, str, float]]:
+        """Every logged (key, slot id, text, at): what a store migration copies."""
+
     def flush(self) -> None: ...
 
     def close(self) -> None: ...

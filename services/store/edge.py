@@ -289,6 +289,9 @@ class EdgeBackend:
     def log_forget(self, key: str) -> None:
         self.meta.log_forget(key)
 
+    def log_entries(self) -> list[tuple[str, str, str, float]]:
+        return self.meta.log_entries()
+
     # --- background: flushing and index builds ------------------------------------------------------
     def flush(self) -> None:
         for shard in list(self._shards.values()):

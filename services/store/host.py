@@ -57,6 +57,7 @@ METHODS = frozenset(
         "log_put",
         "log_recall",
         "log_forget",
+        "log_entries",
         "flush",
         "unindexed",
         "build_index",

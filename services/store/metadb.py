@@ -78,6 +78,12 @@ class MetaDB:
     def log_forget(self, key: str) -> None:
         self._run("DELETE FROM querylog WHERE key = ?", (key,))
 
+    def log_entries(self) -> list[tuple[str, str, str, float]]:
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self._run("SELECT key, slot, text, at FROM querylog ORDER BY slot")
+        ]
+
     # --- shards: which generation directory serves each physical collection ----------------------
     def shard(self, name: str) -> tuple[int, dict[str, Any], dict[str, str]] | None:
         rows = self._run("SELECT gen, spec, indexes FROM shards WHERE name = ?", (name,))

@@ -250,6 +250,25 @@ class ServerBackend:
             selector = qm.FilterSelector(filter=qm.Filter(must=[self._log_key(key)]))
             self.client.delete(QUERY_LOG_COLLECTION, points_selector=selector, wait=True)
 
+    def log_entries(self) -> list[tuple[str, str, str, float]]:
+        with self._io:
+            if not self.client.collection_exists(QUERY_LOG_COLLECTION):
+                return []
+        out: list[tuple[str, str, str, float]] = []
+        offset: Any = None
+        while True:
+            with self._io:
+                records, offset = self.client.scroll(
+                    QUERY_LOG_COLLECTION, limit=256, offset=offset, with_payload=True
+                )
+            out += [
+                (r.payload["key"], str(r.id), r.payload["text"], r.payload["at"])
+                for r in records
+                if r.payload
+            ]
+            if offset is None:
+                return out
+
     def flush(self) -> None:
         return None  # the server persists on its own schedule; `wait=True` writes are acknowledged durable
 

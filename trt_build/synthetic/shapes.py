@@ -246,6 +246,8 @@ def render_video(
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{codec!r} is not a video codec")
         stream.width = stream.height = IMAGE_SIZE
         stream.pix_fmt = "yuv420p"
         stream.options = {"qscale": "2"} if codec == "mpeg4" else {}

@@ -18,13 +18,18 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trt_build.pooling import l2_normalize
 from trt_build.synthetic import shapes
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 DIM = 384
 # Preprocessing contract, mirrored in the registry entry `lit-shapes-image` (image block).
@@ -56,7 +61,7 @@ class ImageTower(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.features(pixel_values)), dim=-1)
+        return l2_normalize(self.head(self.features(pixel_values)))
 
 
 def normalize_uint8(images: np.ndarray) -> torch.Tensor:
@@ -67,7 +72,7 @@ def normalize_uint8(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_text_model():
+def load_text_model() -> SentenceTransformer:
     """The frozen text tower, from the installed package (offline; never a hub download)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import importlib
@@ -78,7 +83,7 @@ def load_text_model():
     return SentenceTransformer(str(pkg.get_model_path()), device="cpu")
 
 
-def embed_texts(model, texts: list[str]) -> torch.Tensor:
+def embed_texts(model: SentenceTransformer, texts: list[str]) -> torch.Tensor:
     vecs = model.encode(texts, batch_size=256, normalize_embeddings=True, convert_to_numpy=True)
     return torch.from_numpy(np.asarray(vecs, dtype=np.float32))
 
@@ -118,7 +123,9 @@ ZERO_SHOT_PROMPTS: dict[str, tuple[dict[str, str], str]] = {
 }
 
 
-def zero_shot(text_model, img_emb: torch.Tensor, items: list[shapes.Item]) -> dict[str, dict[str, float]]:
+def zero_shot(
+    text_model: SentenceTransformer, img_emb: torch.Tensor, items: list[shapes.Item]
+) -> dict[str, dict[str, float]]:
     """Classify each held-out image by its nearest class prompt, one attribute at a time."""
     out: dict[str, dict[str, float]] = {}
     for name, (prompts, attr) in ZERO_SHOT_PROMPTS.items():
@@ -136,7 +143,7 @@ def video_recall(model: nn.Module, txt: torch.Tensor, items: list[shapes.Item], 
     clips = [shapes.video_frames(it.attrs, i, frames=frames) for i, it in enumerate(items)]
     x = normalize_uint8(np.stack([np.asarray(img, dtype=np.uint8) for clip in clips for img in clip]))
     emb = encode_images(model, x).view(len(items), frames, -1).mean(dim=1)
-    return recall_at(txt @ F.normalize(emb, dim=-1).T, (1, 10))
+    return recall_at(txt @ l2_normalize(emb).T, (1, 10))
 
 
 def export_onnx(model: nn.Module, path: Path) -> None:

@@ -12,8 +12,8 @@ from tritonclient.grpc import model_config_pb2
 from services.config import get_settings
 from services.registry import load_registry
 from trt_build import engine
-from trt_build.build import build, text_parity
-from trt_build.parity import MIN_COSINE
+from trt_build.build import build
+from trt_build.parity import MIN_COSINE, TextReference, check_parity, ort_run
 from trt_build.profiles import text_profile, trtexec_shapes
 from trt_build.triton_config import CpuOptions, cpu_config, gpu_config
 
@@ -73,7 +73,7 @@ def built() -> Path:
 
 
 def test_onnx_parity_with_sentence_transformers(built: Path) -> None:
-    report = text_parity(SPEC, SPEC.source_dir(), built)
+    report = check_parity("onnxruntime", ort_run(built), TextReference.load(SPEC, SPEC.source_dir()))
     assert report.min_cosine >= MIN_COSINE and report.max_abs_diff < 1e-4, str(report)
 
 

@@ -16,7 +16,8 @@ from tritonclient.grpc import model_config_pb2
 from services.registry import load_registry
 from tests.unit.trt_build.tiny_bert import save_tiny_bert
 from trt_build.buckets import BucketSet
-from trt_build.torch_cuda_model import Engine, EngineOptions, pool
+from trt_build.pooling import pool
+from trt_build.torch_cuda_model import Engine, EngineOptions
 from trt_build.torch_target import TorchCudaOptions, buckets_for, torch_cuda_config, write_torch_cuda_entry
 from trt_build.triton_config import CpuOptions, cpu_config
 
@@ -76,13 +77,13 @@ def test_write_entry(tmp_path: Path) -> None:
     assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
     version = root / SPEC.version
     assert (version / "model.py").read_text() == Path("trt_build/torch_cuda_model.py").read_text()
-    assert (version / "buckets.py").exists()
+    assert (version / "buckets.py").exists() and (version / "pooling.py").exists()
     params = {k: v.string_value for k, v in _parse((root / "config.pbtxt").read_text()).parameters.items()}
     assert (version / params["model_dir"]).resolve() == weights.resolve()
 
 
 def test_model_file_imports_nothing_from_the_project() -> None:
-    """The stub runs model.py alone; only its sibling buckets.py travels with it."""
+    """The stub runs model.py alone; only its siblings (buckets.py, pooling.py) travel with it."""
     tree = ast.parse(Path("trt_build/torch_cuda_model.py").read_text())
     top = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
@@ -125,13 +126,6 @@ def test_engine_cpu_matches_eager_reference(tiny_bert: Path, pooling: str, side:
     got = engine.embed_rows(rows).numpy()
     assert got.shape == (23, 32) and got.dtype == np.float32
     np.testing.assert_allclose(got, _reference(tiny_bert, rows, pooling), atol=1e-4, rtol=1e-4)
-
-
-def test_last_token_pooling_either_side() -> None:
-    hidden = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1)
-    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
-    assert pool(hidden, mask, "last-token")[:, 0].tolist() == [1.0, 7.0]
-    assert pool(hidden, mask, "mean")[:, 0].tolist() == [0.5, 6.0]
 
 
 def test_engine_image_tower_cpu(tmp_path: Path) -> None:

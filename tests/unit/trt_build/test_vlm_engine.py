@@ -250,6 +250,7 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
     weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, VlmOptions(device="cpu"))
     assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
     assert (root / "1" / "model.py").read_text() == Path(vm.__file__).read_text()
+    assert (root / "1" / "pooling.py").read_text() == Path(vm.__file__).with_name("pooling.py").read_text()
     config = text_format.Parse((root / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     model = vm.TritonPythonModel()
     model.initialize(
