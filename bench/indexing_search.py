@@ -40,7 +40,7 @@ from bench.gateway_throughput import serving
 from cli.index import add_parser, run_index
 from services.config import get_settings
 from services.registry import load_registry
-from services.store import VectorStore
+from services.store import Layout, VectorStore
 from tests.corpus import stdlib_docs
 
 TENANT = "public"  # the tenant of an open (no API keys) gateway
@@ -104,7 +104,7 @@ def disk_write_rate(n: int) -> dict[str, float]:
     try:
         store = VectorStore.from_settings(get_settings(data_dir=base))
         version = load_registry(get_settings().registry_path).get(MODEL).version
-        store.create_collection(TENANT, "disk", MODEL, version, DIM)
+        store.create_collection(TENANT, "disk", Layout(MODEL, version, DIM))
         vec = unit(np.random.default_rng(1), n)
         t0 = time.perf_counter()
         store.upsert(TENANT, "disk", [(str(i), vec[i]) for i in range(n)])
@@ -125,7 +125,7 @@ def prefill(data_dir: Path, sizes: list[int], queries: int, budget_s: float) -> 
     for n in sizes:
         name = f"fill-{n // 1000}k"
         vectors = unit(rng, n)
-        store.create_collection(TENANT, name, MODEL, version, DIM)
+        store.create_collection(TENANT, name, Layout(MODEL, version, DIM))
         t0 = time.perf_counter()
         for s in range(0, n, 2048):
             store.upsert(

@@ -19,6 +19,7 @@ from services.errors import EmbedfleetError, InvalidInput, PayloadTooLarge
 
 log = logging.getLogger("embedfleet.gateway")
 
+
 def error_response(err: EmbedfleetError) -> Response:
     """The one place a refusal becomes a response, so the one place it is counted (by the error's reason)."""
     if err.reason is not None:

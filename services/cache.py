@@ -109,7 +109,7 @@ class RedisCache:
         except Exception:
             self._failed()
             return [None] * len(keys)
-        return [np.frombuffer(r, dtype="<f4") if r else None for r in raw]
+        return [np.frombuffer(r, dtype="<f4") if isinstance(r, bytes) and r else None for r in raw]
 
     async def set_many(self, items: dict[str, np.ndarray]) -> None:
         if not items or not self._available():

@@ -22,19 +22,10 @@ from services.errors import StaleTarget
 from services.indexing import task_for
 from services.migration import drift
 from services.migration.state import Leg, ReadPlan, read_plan
-from services.multimodal import media_bytes
+from services.multimodal import Item, media_bytes
 from services.querylog import QueryLog
 from services.registry import Side
 from services.store import StoredPoint, VectorStore
-
-
-@dataclass(frozen=True)
-class Query:
-    """Exactly one of text, image, video (image/video: base64, data URI or an allowed URL)."""
-
-    text: str | None = None
-    image: str | None = None
-    video: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ class Searcher:
         return leg.physical.dimension if leg.physical.dimension != native else None
 
     async def _leg_vectors(
-        self, plan: ReadPlan, query: Query, task: str | None
+        self, plan: ReadPlan, query: Item, task: str | None
     ) -> tuple[list[np.ndarray], dict[str, str] | None]:
         """One query vector per leg, each model embedding once per size; compensated legs mapped."""
         embedded: dict[tuple[str, int | None], np.ndarray] = {}
@@ -128,7 +119,7 @@ class Searcher:
         return vectors, template
 
     async def _once(
-        self, tenant: str, name: str, query: Query, options: dict[str, Any], *, merge: bool, log_query: bool
+        self, tenant: str, name: str, query: Item, options: dict[str, Any], *, merge: bool, log_query: bool
     ) -> SearchResult:
         info = await asyncio.to_thread(self.store.load_collection, tenant, name)
         plan = read_plan(info, text=query.text is not None, merge=merge)
@@ -161,7 +152,7 @@ class Searcher:
         self,
         tenant: str,
         name: str,
-        query: Query,
+        query: Item,
         *,
         task: str | None = None,
         top_k: int = 10,

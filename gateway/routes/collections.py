@@ -31,7 +31,7 @@ from services.errors import NotFound
 from services.indexing import check_unique, index_documents
 from services.jobs import JobStore
 from services.jobs.dispatch import Dispatcher, create_job
-from services.store import CollectionInfo, VectorStore
+from services.store import CollectionInfo, Layout, VectorStore
 
 router = APIRouter(tags=["collections"])
 
@@ -49,17 +49,10 @@ async def create_collection(
 ) -> Response:
     spec = embedder.spec(body.model)
     embedder.check_dimensions(spec, body.dimensions)
+    dims = body.dimensions or spec.dimension
+    layout = Layout(spec.name, spec.version, dims, body.distance, body.on_disk, body.quantization)
     info = await asyncio.to_thread(
-        store.create_collection,
-        tenant,
-        body.name,
-        spec.name,
-        spec.version,
-        body.dimensions or spec.dimension,
-        distance=body.distance,
-        on_disk=body.on_disk,
-        quantization=body.quantization,
-        query_log=body.query_log,
+        store.create_collection, tenant, body.name, layout, query_log=body.query_log
     )
     return json_response(await describe(jobs, tenant, info), 201)
 

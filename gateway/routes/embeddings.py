@@ -18,17 +18,7 @@ async def create_embeddings(
     body: EmbeddingsRequest, request: Request, embedder: EmbedderDep, _tenant: TenantDep
 ) -> Response:
     request.state.model = body.model
-    texts: list[str] | None = None
-    ids: list[list[int]] | None = None
-    raw = body.input
-    if isinstance(raw, str):
-        texts = [raw]
-    elif raw and isinstance(raw[0], int):
-        ids = [list(raw)]  # type: ignore[arg-type]
-    elif raw and isinstance(raw[0], list):
-        ids = raw  # type: ignore[assignment]
-    else:
-        texts = raw  # type: ignore[assignment]
+    texts, ids = body.parsed()
     embedder.check_payload(len(texts if texts is not None else ids or []), texts, "input")
     result = await until_disconnect(
         request,

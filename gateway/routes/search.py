@@ -10,7 +10,8 @@ from starlette.responses import Response
 from gateway.deps import SearcherDep, TenantDep, until_disconnect
 from gateway.responses import json_response
 from gateway.schemas.collections import BatchSearch, SearchRequest
-from services.search import Query, Searcher, SearchResult
+from services.multimodal import Item
+from services.search import Searcher, SearchResult
 
 router = APIRouter(tags=["search"])
 
@@ -28,7 +29,7 @@ async def _run(searcher: Searcher, tenant: str, name: str, body: SearchRequest, 
     return await searcher.search(
         tenant,
         name,
-        Query(body.query.text, body.query.image, body.query.video),
+        Item(body.query.text, body.query.image, body.query.video),
         task=body.task,
         top_k=body.top_k,
         filter=body.filter,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,3 +20,14 @@ class EmbeddingsRequest(BaseModel):
     # Extensions (pass with the openai client's `extra_body`): task template and truncation side.
     task: str | None = None
     truncate: Literal["end", "start", "none"] = "end"
+
+    def parsed(self) -> tuple[list[str] | None, list[list[int]] | None]:
+        """(texts, token ids): OpenAI's four input shapes told apart once, here."""
+        raw = self.input
+        if isinstance(raw, str):
+            return [raw], None
+        if raw and isinstance(raw[0], int):
+            return None, [raw]
+        if raw and isinstance(raw[0], list):
+            return None, raw
+        return cast(list[str], raw), None

@@ -170,7 +170,8 @@ class SqliteJobStore:
         )
 
     def running(self, tenant: str | None, collection: str | None = None) -> list[Job]:
-        sql, args = "SELECT id FROM jobs WHERE state IN ('queued', 'running')", ()
+        sql = "SELECT id FROM jobs WHERE state IN ('queued', 'running')"
+        args: tuple[str, ...] = ()
         if tenant is not None:
             sql, args = sql + " AND tenant = ?", (tenant,)
         if collection is not None:
@@ -226,7 +227,7 @@ class RedisJobStore:
                 continue
             job = Job(**json.loads(record))
             job.done_chunks = sorted(int(x) for x in done)
-            job.errors = [e.decode() for e in errors]
+            job.errors = [e.decode() if isinstance(e, bytes) else str(e) for e in errors]
             jobs.append(job)
         return jobs
 
@@ -259,7 +260,7 @@ class RedisJobStore:
     def running(self, tenant: str | None, collection: str | None = None) -> list[Job]:
         if tenant is None:
             return []  # workers own recovery through the broker's redelivery
-        ids = [i.decode() for i in self.r.smembers(f"ef:jobs:{tenant}")]
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.r.smembers(f"ef:jobs:{tenant}")]
         return [j for j in self._load_many(ids) if j.running and collection in (None, j.collection)]
 
     def claim(self, key: str) -> bool:

@@ -118,10 +118,10 @@ def open_image(data: bytes, settings: Settings, *, field: str = "inputs[0].image
         raise Unprocessable("image has no pixels", field=field)
     try:
         img.load()
-        img = _upright(img)
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        return img.convert("RGB")
+        upright: Image.Image = _upright(img)
+        if upright.mode == "P" and "transparency" in upright.info:
+            upright = upright.convert("RGBA")
+        return upright.convert("RGB")
     except _DECODE_ERRORS as exc:
         raise Unprocessable(f"truncated or corrupt image: {exc}", field=field) from None
 

@@ -128,9 +128,8 @@ class Migrations:
         dims = (
             min(info.dimension, spec.dimension) if spec.allows_dimensions(info.dimension) else spec.dimension
         )
-        phys = await asyncio.to_thread(
-            self.store.create_physical, tenant, name, spec.name, spec.version, dims
-        )
+        layout = replace(info.current.layout, model=spec.name, version=spec.version, dimension=dims)
+        phys = await asyncio.to_thread(self.store.create_physical, tenant, name, layout)
         mig = Migration.new(info, phys, compensator)
         await asyncio.to_thread(self.store.set_migration, tenant, name, mig.to_dict(), "migrating")
         return mig

@@ -27,7 +27,7 @@ from services.store.names import (
     point_id,
     validate_name,
 )
-from services.store.records import CollectionInfo, PhysicalInfo, PointIn, StoredPoint
+from services.store.records import CollectionInfo, Layout, PhysicalInfo, PointIn, StoredPoint
 from services.store.server import ServerBackend
 from services.store.vector_store import VectorStore
 
@@ -41,6 +41,7 @@ __all__ = [
     "Backend",
     "CollectionInfo",
     "EdgeBackend",
+    "Layout",
     "PhysicalInfo",
     "PointIn",
     "Quantization",

@@ -15,20 +15,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from qdrant_client import models as qm
 
+from services.store.records import Layout
+
 Quantization = Literal["none", "scalar", "binary"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "scalar", "binary")
 DISTANCES: tuple[str, ...] = ("cosine", "dot", "euclid", "manhattan")
 INDEX_SCHEMAS: tuple[str, ...] = ("keyword", "integer", "float", "geo", "text", "datetime", "uuid")
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """How a physical collection stores its vectors."""
-
-    dimension: int
-    distance: str = "cosine"
-    on_disk: bool = False
-    quantization: str = "none"
 
 
 @dataclass(frozen=True)
@@ -53,11 +45,23 @@ class Search:
     hnsw_ef: int | None = None
 
 
+@dataclass(frozen=True)
+class Page:
+    """One scroll request: points in id order from `offset` (None: the first)."""
+
+    filter: qm.Filter
+    limit: int
+    offset: str | None = None
+    with_payload: bool | list[str] = True
+    with_vectors: bool = False
+
+
 class Backend(Protocol):
     kind: str  # "edge" | "server"
 
     # --- physical collections ---------------------------------------------------------------------
-    def create(self, physical: str, spec: ShardSpec, indexes: Mapping[str, str]) -> None: ...
+    def create(self, physical: str, layout: Layout, indexes: Mapping[str, str]) -> None:
+        """A new physical collection: the layout's dimension, distance, storage and quantization."""
 
     def drop(self, physical: str) -> None: ...
 
@@ -75,15 +79,8 @@ class Backend(Protocol):
 
     def query(self, physical: str, search: Search) -> list[Record]: ...
 
-    def scroll(
-        self,
-        physical: str,
-        flt: qm.Filter,
-        limit: int,
-        offset: str | None,
-        with_payload: bool | list[str],
-        with_vectors: bool,
-    ) -> tuple[list[Record], str | None]: ...
+    def scroll(self, physical: str, page: Page) -> tuple[list[Record], str | None]:
+        """A page of points and the offset of the next one (None at the end)."""
 
     def count(self, physical: str, flt: qm.Filter) -> int: ...
 

@@ -42,9 +42,10 @@ import numpy as np
 from qdrant_client import models as qm
 
 from services.errors import ConfigError, EmbedfleetError
-from services.store.backend import Record, Search, ShardSpec
+from services.store.backend import Page, Record, Search
 from services.store.edge_shard import EdgeHit, EdgeRecord, EdgeShard, EdgeSpec
 from services.store.metadb import MetaDB
+from services.store.records import Layout
 
 log = logging.getLogger("embedfleet.store")
 RETIRE_AFTER_S = 5.0  # an old generation's handle stays open this long for reads that already hold it
@@ -71,7 +72,7 @@ class EdgeTuning:
 class _Shard:
     name: str
     gen: int
-    spec: ShardSpec
+    spec: Layout
     edge: EdgeShard
     lock: threading.Lock = field(default_factory=threading.Lock)  # writes, flush, copy, swap
     recording: list[tuple[str, Any]] | None = None  # writes made while a build runs, to replay on it
@@ -80,7 +81,7 @@ class _Shard:
     building: bool = False
 
 
-def _edge_spec(spec: ShardSpec, tuning: EdgeTuning) -> EdgeSpec:
+def _edge_spec(spec: Layout, tuning: EdgeTuning) -> EdgeSpec:
     return EdgeSpec(
         dimension=spec.dimension,
         distance=spec.distance,  # type: ignore[arg-type]
@@ -170,11 +171,11 @@ class EdgeBackend:
                     raise EmbedfleetError(f"no physical collection {name!r} in the embedded store")
                 gen, spec, _ = row
                 edge = EdgeShard.open(self._dir(name, gen))
-                shard = self._shards[name] = _Shard(name, gen, ShardSpec(**spec), edge)
+                shard = self._shards[name] = _Shard(name, gen, Layout(**spec), edge)
         return shard
 
     # --- physical collections ---------------------------------------------------------------------
-    def create(self, physical: str, spec: ShardSpec, indexes: Mapping[str, str]) -> None:
+    def create(self, physical: str, spec: Layout, indexes: Mapping[str, str]) -> None:
         path = self._dir(physical, 0)
         path.mkdir(parents=True)
         edge = EdgeShard.open(path, _edge_spec(spec, self.tuning))
@@ -252,17 +253,10 @@ class EdgeBackend:
         )
         return [_record(h) for h in hits]
 
-    def scroll(
-        self,
-        physical: str,
-        flt: qm.Filter,
-        limit: int,
-        offset: str | None,
-        with_payload: bool | list[str],
-        with_vectors: bool,
-    ) -> tuple[list[Record], str | None]:
-        page, nxt = self._shard(physical).edge.scroll(limit, offset, flt, with_payload, with_vectors)
-        return [_record(r) for r in page], nxt
+    def scroll(self, physical: str, page: Page) -> tuple[list[Record], str | None]:
+        edge = self._shard(physical).edge
+        records, nxt = edge.scroll(page.limit, page.offset, page.filter, page.with_payload, page.with_vectors)
+        return [_record(r) for r in records], nxt
 
     def count(self, physical: str, flt: qm.Filter) -> int:
         return self._shard(physical).edge.count(flt)
@@ -278,7 +272,7 @@ class EdgeBackend:
         self.meta.delete(key)
 
     def meta_list(self, tenant: str | None) -> list[dict[str, Any]]:
-        return self.meta.list(tenant)
+        return self.meta.list_docs(tenant)
 
     def log_put(self, key: str, slot_id: str, text: str, at: float) -> None:
         self.meta.log_put(key, slot_id, text, at)

@@ -55,7 +55,7 @@ class MetaDB:
     def delete(self, key: str) -> None:
         self._run("DELETE FROM collections WHERE key = ?", (key,))
 
-    def list(self, tenant: str | None) -> list[dict[str, Any]]:
+    def list_docs(self, tenant: str | None) -> list[dict[str, Any]]:
         if tenant is None:
             rows = self._run("SELECT doc FROM collections ORDER BY key")
         else:

@@ -38,6 +38,18 @@ class StoredPoint:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """What a physical collection holds (one model version's vectors) and how it stores them."""
+
+    model: str
+    version: str
+    dimension: int
+    distance: str = "cosine"
+    on_disk: bool = False
+    quantization: str = "none"
+
+
+@dataclass(frozen=True)
 class PhysicalInfo:
     """One physical Qdrant collection: the vectors of one model version."""
 
@@ -49,6 +61,12 @@ class PhysicalInfo:
     on_disk: bool
     quantization: str
     created_at: str
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(
+            self.model, self.version, self.dimension, self.distance, self.on_disk, self.quantization
+        )
 
 
 @dataclass(frozen=True)

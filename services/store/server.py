@@ -21,7 +21,8 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from services.store.backend import Record, Search, ShardSpec
+from services.store.backend import Page, Record, Search
+from services.store.records import Layout
 
 META_COLLECTION = "ef_meta"
 QUERY_LOG_COLLECTION = "ef_querylog"
@@ -45,7 +46,9 @@ def _quantization(quantization: str) -> qm.QuantizationConfig | None:
 
 
 def _record(r: qm.Record | qm.ScoredPoint, with_vectors: bool = False) -> Record:
-    vector = [float(v) for v in r.vector] if with_vectors and isinstance(r.vector, list) else None
+    vector = None
+    if with_vectors and isinstance(r.vector, list):  # the unnamed dense vector: a flat list of floats
+        vector = [float(v) for v in r.vector if isinstance(v, int | float)]
     return Record(str(r.id), dict(r.payload or {}), vector, getattr(r, "score", None))
 
 
@@ -88,7 +91,7 @@ class ServerBackend:
         self._tables.add(collection)
 
     # --- physical collections ---------------------------------------------------------------------
-    def create(self, physical: str, spec: ShardSpec, indexes: Mapping[str, str]) -> None:
+    def create(self, physical: str, spec: Layout, indexes: Mapping[str, str]) -> None:
         with self._io:
             self.client.create_collection(
                 physical,
@@ -156,25 +159,17 @@ class ServerBackend:
             ).points
         return [_record(h) for h in hits]
 
-    def scroll(
-        self,
-        physical: str,
-        flt: qm.Filter,
-        limit: int,
-        offset: str | None,
-        with_payload: bool | list[str],
-        with_vectors: bool,
-    ) -> tuple[list[Record], str | None]:
+    def scroll(self, physical: str, page: Page) -> tuple[list[Record], str | None]:
         with self._io:
             records, nxt = self.client.scroll(
                 physical,
-                scroll_filter=flt,
-                limit=limit,
-                offset=offset,
-                with_payload=with_payload,
-                with_vectors=with_vectors,
+                scroll_filter=page.filter,
+                limit=page.limit,
+                offset=page.offset,
+                with_payload=page.with_payload,
+                with_vectors=page.with_vectors,
             )
-        return [_record(r, with_vectors) for r in records], None if nxt is None else str(nxt)
+        return [_record(r, page.with_vectors) for r in records], None if nxt is None else str(nxt)
 
     def count(self, physical: str, flt: qm.Filter) -> int:
         with self._io:

@@ -17,7 +17,7 @@ import numpy as np
 from qdrant_client import models as qm
 
 from services.errors import Conflict, Inconsistent
-from services.store.backend import Backend, ShardSpec
+from services.store.backend import Backend, Page
 from services.store.names import TENANT_KEY, meta_id
 from services.store.records import CollectionInfo
 
@@ -44,11 +44,10 @@ def copy_store(src: Backend, dst: Backend, progress: Callable[[str, int], None] 
     for doc in records:
         info = CollectionInfo.from_payload(doc)
         for phys in info.physicals:
-            spec = ShardSpec(phys.dimension, phys.distance, phys.on_disk, phys.quantization)
-            dst.create(phys.name, spec, {TENANT_KEY: "keyword", **info.indexes})
+            dst.create(phys.name, phys.layout, {TENANT_KEY: "keyword", **info.indexes})
             copied, offset = 0, None
             while True:
-                page, offset = src.scroll(phys.name, EVERYTHING, PAGE, offset, True, True)
+                page, offset = src.scroll(phys.name, Page(EVERYTHING, PAGE, offset, True, True))
                 dst.upsert(phys.name, [(r.id, _vector(r.vector, phys.name), r.payload) for r in page])
                 copied += len(page)
                 if progress is not None:

@@ -25,7 +25,15 @@ import numpy as np
 from qdrant_client import models as qm
 
 from services.errors import Conflict, Inconsistent, InvalidInput, NotFound, StaleTarget
-from services.store.backend import DISTANCES, INDEX_SCHEMAS, QUANTIZATIONS, Backend, Record, Search, ShardSpec
+from services.store.backend import (
+    DISTANCES,
+    INDEX_SCHEMAS,
+    QUANTIZATIONS,
+    Backend,
+    Page,
+    Record,
+    Search,
+)
 from services.store.filters import parse_filter, tenant_filter
 from services.store.names import (
     DOC_ID_KEY,
@@ -46,7 +54,7 @@ from services.store.names import (
     validate_payload,
     validate_source,
 )
-from services.store.records import CollectionInfo, PhysicalInfo, PointIn, StoredPoint
+from services.store.records import CollectionInfo, Layout, PhysicalInfo, PointIn, StoredPoint
 
 T = TypeVar("T")
 REPLANS = 4  # metadata re-reads a delete makes while physicals appear under it
@@ -119,25 +127,14 @@ class VectorStore:
 
     # --- collections ---------------------------------------------------------------------------
     def create_collection(
-        self,
-        tenant: str,
-        name: str,
-        model: str,
-        version: str,
-        dimension: int,
-        distance: str = "cosine",
-        on_disk: bool = False,
-        quantization: str = "none",
-        query_log: bool = False,
+        self, tenant: str, name: str, layout: Layout, *, query_log: bool = False
     ) -> CollectionInfo:
         """A new collection with one physical collection; 409 if the name is taken."""
         alias = alias_name(tenant, name)
         with self._admin:
             if self._find(tenant, name) is not None:
                 raise Conflict(f"collection {name!r} already exists", field="name")
-            phys = self._create_physical(
-                tenant, name, model, version, dimension, distance, on_disk, quantization
-            )
+            phys = self._create_physical(tenant, name, layout, {})
             try:
                 self.backend.set_alias(alias, phys.name)
                 info = CollectionInfo(
@@ -238,17 +235,9 @@ class VectorStore:
 
     # --- physical collections (migrations) -----------------------------------------------------
     def _create_physical(
-        self,
-        tenant: str,
-        name: str,
-        model: str,
-        version: str,
-        dimension: int,
-        distance: str,
-        on_disk: bool,
-        quantization: str,
-        indexes: Mapping[str, str] | None = None,
+        self, tenant: str, name: str, layout: Layout, indexes: Mapping[str, str]
     ) -> PhysicalInfo:
+        model, version, dimension = layout.model, layout.version, layout.dimension
         if not isinstance(model, str) or not model:
             raise InvalidInput("model must be a non-empty string", field="model")
         if not isinstance(version, str) or not version:
@@ -259,9 +248,9 @@ class VectorStore:
             or not 0 < dimension <= MAX_DIMENSION
         ):
             raise InvalidInput(f"dimension must be an integer in 1..{MAX_DIMENSION}", field="dimensions")
-        if distance not in DISTANCES:
+        if layout.distance not in DISTANCES:
             raise InvalidInput(f"distance must be one of {', '.join(DISTANCES)}", field="distance")
-        if quantization not in QUANTIZATIONS:
+        if layout.quantization not in QUANTIZATIONS:
             raise InvalidInput(
                 f"quantization must be one of {', '.join(QUANTIZATIONS)}", field="quantization"
             )
@@ -270,42 +259,20 @@ class VectorStore:
             model=model,
             version=version,
             dimension=dimension,
-            distance=distance,
-            on_disk=bool(on_disk),
-            quantization=quantization,
+            distance=layout.distance,
+            on_disk=bool(layout.on_disk),
+            quantization=layout.quantization,
             created_at=now(),
         )
-        spec = ShardSpec(dimension, distance, phys.on_disk, quantization)
         # the tenant condition rides on every request: it must be an index probe
-        self.backend.create(phys.name, spec, {TENANT_KEY: "keyword", **(indexes or {})})
+        self.backend.create(phys.name, phys.layout, {TENANT_KEY: "keyword", **indexes})
         return phys
 
-    def create_physical(
-        self,
-        tenant: str,
-        name: str,
-        model: str,
-        version: str,
-        dimension: int,
-        distance: str | None = None,
-        on_disk: bool | None = None,
-        quantization: str | None = None,
-    ) -> PhysicalInfo:
-        """A new, empty physical collection for a migration target; unset options follow the current one."""
+    def create_physical(self, tenant: str, name: str, layout: Layout) -> PhysicalInfo:
+        """A new, empty physical collection for a migration target."""
         with self._admin:
             info = self._load(tenant, name)
-            cur = info.current
-            phys = self._create_physical(
-                tenant,
-                name,
-                model,
-                version,
-                dimension,
-                distance=cur.distance if distance is None else distance,
-                on_disk=cur.on_disk if on_disk is None else on_disk,
-                quantization=cur.quantization if quantization is None else quantization,
-                indexes=info.indexes,
-            )
+            phys = self._create_physical(tenant, name, layout, info.indexes)
             try:
                 self._save(replace(info, physicals=(*info.physicals, phys)))
             except BaseException:
@@ -504,18 +471,9 @@ class VectorStore:
         flt = parse_filter(filter)
         _, phys = self._target(tenant, name, physical)
         selector: bool | list[str] = True if with_payload else [DOC_ID_KEY]
-        page, nxt = self._on_physical(
-            tenant,
-            name,
-            phys.name,
-            self.backend.scroll,
-            tenant_filter(tenant, flt),
-            limit,
-            offset,
-            selector,
-            with_vectors,
-        )
-        return [_to_point(r) for r in page], nxt
+        page = Page(tenant_filter(tenant, flt), limit, offset, selector, with_vectors)
+        records, nxt = self._on_physical(tenant, name, phys.name, self.backend.scroll, page)
+        return [_to_point(r) for r in records], nxt
 
     def scroll_ids(
         self, tenant: str, name: str, physical: str | None = None, batch: int = 1024

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.errors import EmbedfleetError
-from services.store import EdgeBackend, PointIn, ServerBackend, StoredPoint, VectorStore
+from services.store import EdgeBackend, Layout, PointIn, ServerBackend, StoredPoint, VectorStore
 from services.store.edge import EdgeTuning
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -82,7 +82,7 @@ def _outcome(call: Callable[[], Any]) -> Any:
 def scenario(store: VectorStore) -> Iterator[tuple[str, Any]]:
     """The operations, as (step, observable result) pairs."""
     rng = np.random.default_rng(42)
-    yield "create", store.create_collection(T, "c", "m", "1", DIM).public()["dimension"]
+    yield "create", store.create_collection(T, "c", Layout("m", "1", DIM)).public()["dimension"]
     store.ensure_payload_index(T, "c", "lang", "keyword")
     yield "upsert", store.upsert(T, "c", _points(rng, 0, 300))
     overwrite = _points(rng, 0, 20)  # same ids, new vectors and payloads
@@ -122,7 +122,7 @@ def scenario(store: VectorStore) -> Iterator[tuple[str, Any]]:
     )
     # a migration's physical collection: written, switched to, searched, the old one dropped
     old = store.get_collection(T, "c").physical
-    new = store.create_physical(T, "c", "m2", "2", DIM + 4).name
+    new = store.create_physical(T, "c", Layout("m2", "2", DIM + 4)).name
     wide = _points(np.random.default_rng(7), 0, 50)
     store.upsert(
         T, "c", [p._replace(vector=np.pad(np.asarray(p.vector), (0, 4))) for p in wide], physical=new

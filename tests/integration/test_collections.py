@@ -16,7 +16,7 @@ from services.blobs import BlobStore
 from services.config import Settings
 from services.jobs import RedisJobStore
 from services.jobs.dispatch import CeleryQueue, create_job
-from services.store import open_store
+from services.store import Layout, open_store
 from tests.corpus import stdlib_docs
 from tests.integration.conftest import Gateway, Redis, spawn_cli, start_gateway
 
@@ -220,7 +220,7 @@ def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
         update={"data_dir": data_dir, "broker_url": redis_server.url, "job_chunk_size": 20}
     )
     store = open_store(own)  # embedded store: released before the worker (its owner) starts
-    store.create_collection("t1", "docs", MODEL, "1", 384)
+    store.create_collection("t1", "docs", Layout(MODEL, "1", 384))
     store.close()
     docs = corpus[:600]
     from services.indexing import Document

@@ -166,7 +166,7 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     from services.indexing import Document, index_documents
     from services.jobs.dispatch import CeleryQueue
     from services.runtime import Runtime
-    from services.store import open_store
+    from services.store import Layout, open_store
     from tests.integration.test_collections import start_worker
 
     data_dir = settings.data_dir / "celery-mig"
@@ -178,7 +178,7 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     async def setup() -> None:
         rt = Runtime.build(own)
         try:
-            rt.store.create_collection("t", "c", "all-minilm-l6-v2", "1", 384)
+            rt.store.create_collection("t", "c", Layout("all-minilm-l6-v2", "1", 384))
             for i in range(0, len(docs), 100):
                 part = [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
                 await index_documents(rt.embedder, rt.store, rt.blobs, "t", "c", part)

@@ -13,7 +13,7 @@ import pytest
 
 from services.config import Settings
 from services.querylog import QueryLog
-from services.store import EdgeBackend, ServerBackend, VectorStore
+from services.store import EdgeBackend, Layout, ServerBackend, VectorStore
 
 A, B = "tenant-a", "tenant-b"
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
@@ -52,7 +52,7 @@ def _recall(rt: QueryLog, tenant: str, name: str, limit: int = 10_000) -> list[s
 
 
 def test_nothing_is_kept_unless_the_collection_opted_in(store: VectorStore) -> None:
-    store.create_collection(A, "docs", "m", "1", 4)
+    store.create_collection(A, "docs", Layout("m", "1", 4))
     rt = _rt(store)
     _log_all(rt, A, "docs", ["how do I sort a list"])
     assert _recall(rt, A, "docs") == []
@@ -63,7 +63,7 @@ def test_nothing_is_kept_unless_the_collection_opted_in(store: VectorStore) -> N
 
 def test_bounded_by_the_slot_space_recent_first_and_cut_to_max_chars(store: VectorStore) -> None:
     random.seed(0)
-    store.create_collection(A, "docs", "m", "1", 4, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 4), query_log=True)
     rt = _rt(store, query_log_size=16, query_log_max_chars=17)
     # in order: concurrent writes land in thread order, so "newest" would be ill-defined (CI flaked on it)
     _log_all(rt, A, "docs", [f"query number {i:04d} with a long tail" for i in range(300)], in_order=True)
@@ -77,8 +77,8 @@ def test_bounded_by_the_slot_space_recent_first_and_cut_to_max_chars(store: Vect
 
 def test_tenants_and_collections_never_see_each_other(store: VectorStore) -> None:
     for tenant in (A, B):
-        store.create_collection(tenant, "docs", "m", "1", 4, query_log=True)
-    store.create_collection(A, "other", "m", "1", 4, query_log=True)
+        store.create_collection(tenant, "docs", Layout("m", "1", 4), query_log=True)
+    store.create_collection(A, "other", Layout("m", "1", 4), query_log=True)
     rt = _rt(store)
     _log_all(rt, A, "docs", ["alpha question"])
     _log_all(rt, B, "docs", ["beta question"])
@@ -88,7 +88,7 @@ def test_tenants_and_collections_never_see_each_other(store: VectorStore) -> Non
 
 
 def test_retention_drops_old_texts(store: VectorStore) -> None:
-    store.create_collection(A, "docs", "m", "1", 4, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 4), query_log=True)
     store.log_query(A, "docs", 0, "ancient question", time.time() - 3600)
     store.log_query(A, "docs", 1, "fresh question", time.time())
     rt = _rt(store, query_log_ttl_s=60)
@@ -98,7 +98,7 @@ def test_retention_drops_old_texts(store: VectorStore) -> None:
 
 
 def test_opt_out_and_delete_forget_everything(store: VectorStore) -> None:
-    store.create_collection(A, "docs", "m", "1", 4, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 4), query_log=True)
     rt = _rt(store)
     _log_all(rt, A, "docs", ["first question", "second question"])
     assert len(_recall(rt, A, "docs")) == 2
@@ -107,19 +107,19 @@ def test_opt_out_and_delete_forget_everything(store: VectorStore) -> None:
     store.set_query_log(A, "docs", True)
     _log_all(rt, A, "docs", ["third question"])
     store.delete_collection(A, "docs")
-    store.create_collection(A, "docs", "m", "1", 4, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 4), query_log=True)
     assert _recall(rt, A, "docs") == []
 
 
 def test_rate_and_size_zero_keep_nothing(store: VectorStore) -> None:
-    store.create_collection(A, "docs", "m", "1", 4, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 4), query_log=True)
     _log_all(_rt(store, query_log_rate=0.0), A, "docs", ["q1", "q2"])
     _log_all(_rt(store, query_log_size=0), A, "docs", ["q3"])
     assert _recall(_rt(store), A, "docs") == []
 
 
 def test_public_views_carry_the_flag_not_the_texts(store: VectorStore) -> None:
-    store.create_collection(A, "docs", "m", "1", 4, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 4), query_log=True)
     _log_all(_rt(store), A, "docs", ["a secret query text"])
     views = [store.get_collection(A, "docs").public(), *(i.public() for i in store.list_collections(A))]
     assert all(v["query_log"] is True for v in views)

@@ -18,6 +18,7 @@ from services.store import (
     DOC_ID_KEY,
     TENANT_KEY,
     EdgeBackend,
+    Layout,
     PointIn,
     ServerBackend,
     StoreLocked,
@@ -77,7 +78,7 @@ def _docs(n: int, dim: int = DIM, offset: int = 0) -> list[PointIn]:
 @pytest.fixture
 def seeded(store: VectorStore) -> VectorStore:
     """Tenant A owns `docs` with 10 points."""
-    store.create_collection(A, "docs", "minilm", "1", DIM)
+    store.create_collection(A, "docs", Layout("minilm", "1", DIM))
     store.upsert(A, "docs", _docs(10))
     return store
 
@@ -92,7 +93,7 @@ def _count(store: VectorStore, tenant: str, name: str) -> int:
 
 
 def test_alias_resolves_to_the_physical_collection(store: VectorStore) -> None:
-    info = store.create_collection(A, "docs", "minilm", "1", DIM)
+    info = store.create_collection(A, "docs", Layout("minilm", "1", DIM))
     if store.kind == "server":  # operators' tools see the alias; no read path uses it (Edge has none)
         assert _aliases(store)[info.alias] == info.physical
     assert info.alias == alias_name(A, "docs") != alias_name(B, "docs")
@@ -103,15 +104,15 @@ def test_alias_resolves_to_the_physical_collection(store: VectorStore) -> None:
 @pytest.mark.parametrize("name", ["", "Docs", "-docs", "_docs", "a/b", "../x", "a" * 64, "a b", 7])
 def test_bad_collection_names_are_400(store: VectorStore, name: Any) -> None:
     with pytest.raises(InvalidInput) as exc:
-        store.create_collection(A, name, "minilm", "1", DIM)
+        store.create_collection(A, name, Layout("minilm", "1", DIM))
     assert exc.value.field == "name"
 
 
 def test_create_list_get_delete(store: VectorStore) -> None:
-    store.create_collection(A, "b-docs", "minilm", "1", DIM)
-    store.create_collection(A, "a-docs", "minilm", "1", DIM)
+    store.create_collection(A, "b-docs", Layout("minilm", "1", DIM))
+    store.create_collection(A, "a-docs", Layout("minilm", "1", DIM))
     with pytest.raises(Conflict):
-        store.create_collection(A, "a-docs", "minilm", "1", DIM)
+        store.create_collection(A, "a-docs", Layout("minilm", "1", DIM))
     assert [c.name for c in store.list_collections(A)] == ["a-docs", "b-docs"]
     store.upsert(A, "a-docs", _docs(3))
     assert _count(store, A, "a-docs") == 3
@@ -124,7 +125,7 @@ def test_create_list_get_delete(store: VectorStore) -> None:
     if store.kind == "server":
         assert alias_name(A, "a-docs") not in _aliases(store)
     assert [c.name for c in store.list_collections(A)] == ["b-docs"]
-    store.create_collection(A, "a-docs", "minilm", "1", DIM)  # the name is free again
+    store.create_collection(A, "a-docs", Layout("minilm", "1", DIM))  # the name is free again
     assert _count(store, A, "a-docs") == 0
 
 
@@ -140,14 +141,16 @@ def test_create_list_get_delete(store: VectorStore) -> None:
 def test_bad_collection_options_are_400(store: VectorStore, kwargs: dict[str, Any], field: str) -> None:
     args: dict[str, Any] = {"model": "minilm", "version": "1", "dimension": DIM, **kwargs}
     with pytest.raises(InvalidInput) as exc:
-        store.create_collection(A, "docs", **args)
+        store.create_collection(A, "docs", Layout(**args))
     assert exc.value.field == field
     assert store.list_collections(A) == []
 
 
 @pytest.mark.parametrize("quantization", ["none", "scalar", "binary"])
 def test_quantization_and_on_disk_are_accepted(store: VectorStore, quantization: Any) -> None:
-    info = store.create_collection(A, "q", "minilm", "1", DIM, "dot", on_disk=True, quantization=quantization)
+    info = store.create_collection(
+        A, "q", Layout("minilm", "1", DIM, "dot", on_disk=True, quantization=quantization)
+    )
     assert info.public()["quantization"] == quantization and info.current.on_disk
     store.upsert(A, "q", _docs(5))
     assert len(store.search(A, "q", _vec(1), top_k=3)) == 3
@@ -156,7 +159,7 @@ def test_quantization_and_on_disk_are_accepted(store: VectorStore, quantization:
 @pytest.mark.parametrize("kind", ["edge", "server"])
 def test_metadata_and_points_survive_a_restart(tmp_path: Path, kind: str) -> None:
     first = _open(kind, tmp_path)
-    first.create_collection(A, "docs", "minilm", "1", DIM)
+    first.create_collection(A, "docs", Layout("minilm", "1", DIM))
     first.upsert(A, "docs", _docs(4))
     first.ensure_payload_index(A, "docs", "lang", "keyword")
     first.close()
@@ -171,7 +174,7 @@ def test_the_embedded_store_has_one_owner(tmp_path: Path) -> None:
     """A second opener of the data directory gets a clear error (not a corrupted store), in-process or not."""
     settings = Settings(data_dir=tmp_path)
     first = open_store(settings)
-    first.create_collection(A, "docs", "minilm", "1", DIM)
+    first.create_collection(A, "docs", Layout("minilm", "1", DIM))
     with pytest.raises(StoreLocked, match="in use by pid"):
         open_store(settings)
     first.close()
@@ -182,7 +185,7 @@ def test_the_embedded_store_has_one_owner(tmp_path: Path) -> None:
 
 def test_serves_a_thread_pool(store: VectorStore) -> None:
     """The gateway calls the store from worker threads."""
-    store.create_collection(A, "docs", "minilm", "1", DIM)
+    store.create_collection(A, "docs", Layout("minilm", "1", DIM))
 
     def work(i: int) -> int:
         store.upsert(A, "docs", _docs(5, offset=5 * i))
@@ -350,7 +353,7 @@ def test_filters_on_reserved_keys_are_400(seeded: VectorStore, flt: dict[str, An
 def test_tenant_b_cannot_reach_tenant_a(seeded: VectorStore) -> None:
     info_a = seeded.get_collection(A, "docs")
     before = seeded.search(A, "docs", _vec(0), top_k=10)
-    seeded.create_collection(B, "own", "minilm", "1", DIM)
+    seeded.create_collection(B, "own", Layout("minilm", "1", DIM))
     seeded.upsert(B, "own", _docs(3, offset=100))
 
     def denied(call: Any, *args: Any, **kwargs: Any) -> None:
@@ -370,7 +373,7 @@ def test_tenant_b_cannot_reach_tenant_a(seeded: VectorStore) -> None:
         denied(seeded.delete_points, B, name, filter={})
         denied(seeded.delete_collection, B, name)
         denied(seeded.ensure_payload_index, B, name, "lang", "keyword")
-        denied(seeded.create_physical, B, name, "minilm", "2", DIM)
+        denied(seeded.create_physical, B, name, Layout("minilm", "2", DIM))
     # ... and A's physical collection cannot be reached through B's own collection either
     for call, extra in [
         (seeded.search, (_vec(0),)),
@@ -415,7 +418,7 @@ def test_foreign_points_in_a_physical_collection_stay_invisible(seeded: VectorSt
 
 def test_switch_alias_moves_reads_and_old_physical_can_be_dropped(seeded: VectorStore) -> None:
     v1 = seeded.get_collection(A, "docs").physical
-    v2 = seeded.create_physical(A, "docs", "mpnet", "2", DIM + 4).name
+    v2 = seeded.create_physical(A, "docs", Layout("mpnet", "2", DIM + 4)).name
     assert seeded.get_collection(A, "docs").physical == v1  # building v2 changes nothing for readers
     seeded.upsert(A, "docs", _docs(6, DIM + 4), physical=v2)
     with pytest.raises(Inconsistent):
@@ -446,7 +449,7 @@ def test_switch_alias_moves_reads_and_old_physical_can_be_dropped(seeded: Vector
 def test_rollback_and_migration_slot(seeded: VectorStore) -> None:
     seeded.ensure_payload_index(A, "docs", "lang", "keyword")
     v1 = seeded.get_collection(A, "docs").physical
-    v2 = seeded.create_physical(A, "docs", "minilm-ft", "2", DIM, quantization="scalar")
+    v2 = seeded.create_physical(A, "docs", Layout("minilm-ft", "2", DIM, quantization="scalar"))
     assert v2.distance == "cosine" and v2.quantization == "scalar"
     info = seeded.set_migration(
         A, "docs", {"state": "backfilling", "to": v2.name, "cursor": None}, "migrating"
@@ -475,7 +478,7 @@ def test_search_top_k_equals_brute_force_cosine(store: VectorStore) -> None:
     dim, n, k = 32, 600, 10
     docs = rng.standard_normal((n, dim)).astype(np.float32)
     queries = rng.standard_normal((20, dim)).astype(np.float32)
-    store.create_collection(A, "exact", "minilm", "1", dim)
+    store.create_collection(A, "exact", Layout("minilm", "1", dim))
     store.upsert(A, "exact", [PointIn(str(i), v) for i, v in enumerate(docs)])
 
     unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)

@@ -12,7 +12,7 @@ import pytest
 from cli.store import import_local
 from services.config import Settings
 from services.errors import Conflict
-from services.store import EdgeBackend, PointIn, ServerBackend, VectorStore
+from services.store import EdgeBackend, Layout, PointIn, ServerBackend, VectorStore
 from services.store.edge import EdgeTuning
 from services.store.transfer import copy_store
 
@@ -22,7 +22,7 @@ A = "tenant-a"
 
 def _fill(store: VectorStore) -> None:
     rng = np.random.default_rng(3)
-    store.create_collection(A, "docs", "m", "1", 8, query_log=True)
+    store.create_collection(A, "docs", Layout("m", "1", 8), query_log=True)
     store.ensure_payload_index(A, "docs", "lang", "keyword")
     store.upsert(
         A,
@@ -32,11 +32,11 @@ def _fill(store: VectorStore) -> None:
             for i in range(700)
         ],
     )
-    v2 = store.create_physical(A, "docs", "m2", "2", 12).name
+    v2 = store.create_physical(A, "docs", Layout("m2", "2", 12)).name
     store.upsert(A, "docs", [PointIn(f"d{i}", rng.standard_normal(12)) for i in range(40)], physical=v2)
     store.set_migration(A, "docs", {"state": "backfilling", "target": v2}, "migrating")
     store.log_query(A, "docs", 3, "how do I copy a store", time.time())
-    store.create_collection("tenant-b", "other", "m", "1", 4)
+    store.create_collection("tenant-b", "other", Layout("m", "1", 4))
 
 
 def test_local_mode_is_copied_into_edge_and_answers_the_same(tmp_path: Path) -> None:
