@@ -1,5 +1,5 @@
 """Collections on real parts: the gateway (in-process jobs) and a real Celery worker on a real Redis, both
-embedding through the real Triton into qdrant-client local mode, on real text (stdlib docstrings)."""
+embedding through the real Triton into the embedded Qdrant Edge store, on real text (stdlib docstrings)."""
 
 from __future__ import annotations
 
@@ -256,3 +256,53 @@ def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
         assert sorted(ids) == sorted(d.id for d in docs)  # every document exactly once
     finally:
         store.close()
+
+
+@pytest.mark.timeout(600)
+def test_gateway_sigkilled_mid_job_and_restarted_loses_no_acknowledged_document(
+    settings: Settings,
+    triton,  # type: ignore[no-untyped-def]
+    corpus: list,
+) -> None:
+    """Everything the API acknowledged survives a SIGKILL of the whole gateway (serve process, store host):
+    the synchronous writes that got 200, and the job that got 202, which the restarted gateway resumes from
+    its SQLite record. Every document ends up in the collection exactly once."""
+    gw = start_gateway(settings, triton.ports.grpc_url, "restart", job_chunk_size=16)
+    try:
+        assert call(gw, "POST", "/v1/collections", json={"name": "crash", "model": MODEL}).status_code == 201
+        synced = [{"id": f"sync-{d.id}", "text": d.title} for d in corpus[:40]]
+        assert (
+            call(gw, "PUT", "/v1/collections/crash/documents", json={"documents": synced}).status_code == 200
+        )
+        job_docs = [{"id": d.id, "text": d.body} for d in corpus[:800]]
+        r = call(gw, "POST", "/v1/collections/crash/jobs", json={"documents": job_docs})
+        assert r.status_code == 202
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + 120
+        while call(gw, "GET", f"/v1/jobs/{job_id}").json()["done"] < 160 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        progress = call(gw, "GET", f"/v1/jobs/{job_id}").json()
+        assert 0 < progress["done"] < progress["total"], progress
+        os.killpg(gw.proc.pid, signal.SIGKILL)  # serve, uvicorn and the store host: no clean shutdown
+        gw.proc.wait(10)
+    finally:
+        gw.stop()
+    gw = start_gateway(settings, triton.ports.grpc_url, "restart", job_chunk_size=16)
+    try:
+        job = wait_job(gw, job_id)
+        assert job["state"] == "succeeded" and job["done"] == job["total"] == 800, job
+        ids: list[str] = []
+        offset = None
+        while True:
+            page = call(
+                gw, "POST", "/v1/collections/crash/scroll", json={"offset": offset, "limit": 1000}
+            ).json()
+            ids += [p["id"] for p in page["points"]]
+            offset = page["next_offset"]
+            if offset is None:
+                break
+        expected = {d["id"] for d in synced + job_docs}
+        assert len(ids) == len(set(ids)) and set(ids) == expected
+        assert call(gw, "GET", "/v1/collections/crash").json()["points_count"] == len(expected)
+    finally:
+        gw.stop()
