@@ -44,9 +44,12 @@ class _Job:
     cancelled: bool = False
 
     def deliver(self, index: int, vec: np.ndarray) -> None:
-        if self.out is None:
-            self.out = np.empty((self.size, vec.shape[-1]), dtype=np.float32)
-        self.out[index] = vec
+        if self.size == 1:  # a single-row job gets a view of the batch output: no copy
+            self.out = vec[None, :]
+        else:
+            if self.out is None:
+                self.out = np.empty((self.size, vec.shape[-1]), dtype=np.float32)
+            self.out[index] = vec
         self.remaining -= 1
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(self.out)
@@ -54,6 +57,22 @@ class _Job:
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+class Permit:
+    """Admission for `n` inputs of one lane, held until the request is answered (queued and in-flight
+    inputs both count, as TEI's permits do): refusing happens before any tokenizing or hashing."""
+
+    __slots__ = ("_batcher", "lane", "n")
+
+    def __init__(self, batcher: Batcher, lane: str, n: int) -> None:
+        self._batcher, self.lane, self.n = batcher, lane, n
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._batcher.admitted[self.lane] -= self.n
 
 
 @dataclass(eq=False)
@@ -90,6 +109,7 @@ class Batcher:
         self.retry_after_s = retry_after_s
         self.cost = cost
         self.queues: dict[str, deque[_Row]] = {lane: deque() for lane in LANES}
+        self.admitted = dict.fromkeys(LANES, 0)  # inputs holding a permit: queued or in flight
         self._slots = asyncio.Semaphore(inflight)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -104,19 +124,24 @@ class Batcher:
     def depth(self, lane: str | None = None) -> int:
         return sum(len(q) for name, q in self.queues.items() if lane in (None, name))
 
+    def admit(self, n: int, lane: str = "online") -> Permit:
+        """A permit for `n` inputs, or 429 at once when the lane already holds `max_queue` of them."""
+        held = self.admitted[lane]
+        if held + n > self.max_queue:
+            raise Overloaded(
+                f"{self.model}: {lane} queue is full ({held} inputs admitted)", retry_after=self.retry_after_s
+            )
+        self.admitted[lane] = held + n
+        return Permit(self, lane, n)
+
     async def submit(self, rows: list[np.ndarray], lane: str = "online") -> np.ndarray:
-        """Queue rows and wait for their vectors ([len(rows), dim]); 429 when the lane is full.
+        """Queue rows (admitted beforehand, see `admit`) and wait for their vectors ([len(rows), dim]).
 
         If the caller is cancelled (client gone), its queued rows are dropped before any work.
         """
         if not rows:
             return np.empty((0, 0), dtype=np.float32)
         queue = self.queues[lane]
-        if len(queue) + len(rows) > self.max_queue:
-            raise Overloaded(
-                f"{self.model}: {lane} queue is full ({len(queue)} inputs waiting)",
-                retry_after=self.retry_after_s,
-            )
         self._ensure_running()
         if lane == "online":
             self._last_online = time.perf_counter()

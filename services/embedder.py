@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,10 +25,19 @@ from services.media.images import decode_image
 from services.media.video import decode_video
 from services.registry import Kind, ModelSpec, Registry, Side
 from services.templates import Template, resolve
-from services.tokenizer import TextTokenizer, Truncate
+from services.tokenizer import TextTokenizer, Tokenized, Truncate
 from services.vectors import finish, l2_normalize
 
 T = TypeVar("T")
+
+
+TOKENIZE_OFF_LOOP = 8  # texts per request from which tokenizing moves to the tokenizer pool
+
+
+@dataclass(frozen=True)
+class _Counters:
+    tokens: Any
+    inputs: Any
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,8 @@ class Embedder:
         self.cache = cache
         self._tokenizers: dict[str, TextTokenizer] = {}
         self._batchers: dict[str, Batcher] = {}
-        self._media_pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._bound: dict[str, _Counters] = {}
         self.served = registry.served(settings.models)
 
     def triton_models(self) -> list[str]:
@@ -160,26 +170,59 @@ class Embedder:
         spec = self.text_spec(model)
         self.check_dimensions(outer, dimensions)
         norm = spec.normalize if normalize is None else normalize
-        tok = self.tokenizer(spec)
-        template: Template | None = None
-        if token_ids is not None:
-            tokenized = tok.from_ids(token_ids, truncate, field)
-            keys = [
-                cache_key(spec.ref, "ids:" + ",".join(map(str, t)), dimensions, norm) for t in tokenized.ids
-            ]
-        else:
-            assert texts is not None
-            if apply_template or instruction is not None:
-                template = resolve(outer, task, side, instruction)
-                rendered = [template.render(text=t) for t in texts]
+        n = len(token_ids if token_ids is not None else texts or [])
+        with self.batcher(spec).admit(n, lane):  # 429 here, before any tokenizing or hashing
+            tok = self.tokenizer(spec)
+            template: Template | None = None
+            if token_ids is not None:
+                tokenized = tok.from_ids(token_ids, truncate, field)
+                sources = (
+                    ["ids:" + ",".join(map(str, t)) for t in tokenized.ids] if self._caching(lane) else []
+                )
             else:
+                assert texts is not None
                 rendered = texts
-            tokenized = tok.encode(rendered, truncate, field)
-            keys = [cache_key(spec.ref, f"{truncate}\x00{r}", dimensions, norm) for r in rendered]
-        n = len(keys)
-        found = await lookup(self.cache, keys) if lane == "online" else [None] * n
+                if apply_template or instruction is not None:
+                    template = resolve(outer, task, side, instruction)
+                    rendered = [template.render(text=t) for t in texts]
+                tokenized = await self._tokenize(tok, rendered, truncate, field)
+                sources = [f"{truncate}\x00{r}" for r in rendered] if self._caching(lane) else []
+            vectors, hits = await self._vectors(spec, tokenized, sources, dimensions, norm, lane)
+        self._counters(spec.name).inputs.inc(n)
+        return Embedded(vectors, tokenized.lengths, tokenized.truncated, template, hits)
+
+    def _caching(self, lane: str) -> bool:
+        """Only online requests read the cache; with none configured no key is even hashed."""
+        return lane == "online" and self.cache.name != "none"
+
+    async def _tokenize(
+        self, tok: TextTokenizer, texts: list[str], truncate: Truncate, field: str
+    ) -> Tokenized:
+        """Inline for a few texts; beyond that on the tokenizer pool (the Rust tokenizer releases the GIL,
+        so a 16-sentence batch stops holding the event loop for ~1 ms; for one sentence the thread
+        hand-off would cost more than the ~45 us the encode takes, measured)."""
+        if len(texts) < TOKENIZE_OFF_LOOP:
+            return tok.encode(texts, truncate, field)
+        return await self._off_loop(self._token_pool(), tok.encode, texts, truncate, field)
+
+    async def _vectors(
+        self,
+        spec: ModelSpec,
+        tokenized: Tokenized,
+        sources: list[str],
+        dimensions: int | None,
+        norm: bool,
+        lane: str,
+    ) -> tuple[np.ndarray, int]:
+        """The vectors of `tokenized` (cache hits where `sources` are given, the batcher for the rest)."""
+        if not sources:  # no cache: the batcher's output, finished once, is the result (no further copy)
+            raw = await self.batcher(spec).submit(tokenized.ids, lane=lane)
+            self._counters(spec.name).tokens.inc(sum(tokenized.lengths))
+            return finish(raw, dimensions, norm), 0
+        keys = [cache_key(spec.ref, src, dimensions, norm) for src in sources]
+        found = await lookup(self.cache, keys)
         missing = [i for i, v in enumerate(found) if v is None]
-        out = np.empty((n, dimensions or spec.dimension), dtype=np.float32)
+        out = np.empty((len(keys), dimensions or spec.dimension), dtype=np.float32)
         for i, v in enumerate(found):
             if v is not None:
                 out[i] = v
@@ -188,9 +231,8 @@ class Embedder:
             fresh = finish(raw, dimensions, norm)
             out[missing] = fresh
             await self.cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing)})
-            metrics.TOKENS.labels(spec.name).inc(sum(tokenized.lengths[i] for i in missing))
-        metrics.INPUTS.labels(spec.name, "text").inc(n)
-        return Embedded(out, tokenized.lengths, tokenized.truncated, template, n - len(missing))
+            self._counters(spec.name).tokens.inc(sum(tokenized.lengths[i] for i in missing))
+        return out, len(keys) - len(missing)
 
     def image_spec(self, model: str, field: str) -> ModelSpec:
         """The image tower behind `model` (itself, or a dual-tower's image tower)."""
@@ -201,11 +243,30 @@ class Embedder:
             raise InvalidInput(f"model {model} does not embed images or video", field=field)
         return spec
 
-    async def _off_loop(self, fn: Callable[..., T], *args: object) -> T:
-        """Decode/resize on the media pool: CPU-heavy work must not stall the event loop."""
-        if self._media_pool is None:
-            self._media_pool = ThreadPoolExecutor(self.settings.media_workers, thread_name_prefix="media")
-        return await asyncio.get_running_loop().run_in_executor(self._media_pool, fn, *args)
+    def _pool(self, name: str, workers: int) -> ThreadPoolExecutor:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        return pool
+
+    def _token_pool(self) -> ThreadPoolExecutor:
+        return self._pool("tokenize", 1)
+
+    def _media(self) -> ThreadPoolExecutor:
+        return self._pool("media", self.settings.media_workers)
+
+    async def _off_loop(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        """CPU-heavy work (decode, resize, long tokenization) on a pool: never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def _counters(self, model: str) -> _Counters:
+        """Metric children bound once per model (`labels()` takes a lock and a dict lookup per call)."""
+        counters = self._bound.get(model)
+        if counters is None:
+            counters = self._bound[model] = _Counters(
+                metrics.TOKENS.labels(model), metrics.INPUTS.labels(model, "text")
+            )
+        return counters
 
     async def embed_media(
         self,
@@ -223,21 +284,27 @@ class Embedder:
         spec = self.image_spec(model, field)
         assert spec.image is not None
         norm = spec.normalize if normalize is None else normalize
-        key = cache_key(
-            spec.ref, f"{kind}:{spec.video_frames}:" + hashlib.sha256(data).hexdigest(), dimensions, norm
-        )
-        cached = (await lookup(self.cache, [key]))[0] if lane == "online" and kind == "image" else None
-        if cached is not None:
-            return MediaEmbedded(cached, kind)
-        timestamps = None
-        if kind == "image":
-            pixels = [await self._off_loop(decode_image, data, self.settings, spec.image, field)]
-        else:
-            frames, timestamps = await self._off_loop(
-                decode_video, data, self.settings, spec.video_frames, spec.image, field
+        rows = 1 if kind == "image" else spec.video_frames
+        with self.batcher(spec).admit(rows, lane):  # 429 before any decoding
+            key = cache_key(
+                spec.ref, f"{kind}:{spec.video_frames}:" + hashlib.sha256(data).hexdigest(), dimensions, norm
             )
-            pixels = list(frames)
-        raw = await self.batcher(spec).submit(pixels, lane=lane)
+            caching = self._caching(lane) and kind == "image"
+            cached = (await lookup(self.cache, [key]))[0] if caching else None
+            if cached is not None:
+                return MediaEmbedded(cached, kind)
+            timestamps = None
+            if kind == "image":
+                image = await self._off_loop(
+                    self._media(), decode_image, data, self.settings, spec.image, field
+                )
+                pixels = [image]
+            else:
+                frames, timestamps = await self._off_loop(
+                    self._media(), decode_video, data, self.settings, spec.video_frames, spec.image, field
+                )
+                pixels = list(frames)
+            raw = await self.batcher(spec).submit(pixels, lane=lane)
         pooled = l2_normalize(raw).mean(axis=0, keepdims=True) if kind == "video" else raw
         vec = finish(pooled, dimensions, norm)[0]
         if kind == "image":
@@ -264,7 +331,7 @@ class Embedder:
     async def close(self) -> None:
         for b in self._batchers.values():
             await b.close()
-        if self._media_pool is not None:
-            self._media_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         await self.cache.close()
         await self.encoder.close()

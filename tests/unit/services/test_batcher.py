@@ -1,4 +1,7 @@
-"""Micro-batcher behaviour with a recording runner (no Triton): packing, waiting, admission, cancellation."""
+"""Micro-batcher behaviour with a recording runner (no Triton): packing, waiting, admission, cancellation.
+
+Events are ordered with explicit synchronization (the runner signals when a batch has started, the queue
+depth says when rows are queued), not with sleeps; only the tests about time itself measure time."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ class Recorder:
         self.delay = delay
         self.fail = fail
         self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()  # set when a batch reaches the runner
 
     async def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
         self.batches.append([len(r) for r in rows])
+        self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.delay:
@@ -40,10 +45,26 @@ def make(run: Recorder, **kw: object) -> Batcher:
     return Batcher("m", run, **opts)  # type: ignore[arg-type]
 
 
+async def submit(b: Batcher, rows_: list[np.ndarray], lane: str = "online") -> np.ndarray:
+    """What the embedder does: a permit first (429 before any work), then the rows."""
+    with b.admit(len(rows_), lane):
+        return await b.submit(rows_, lane)
+
+
+async def queued(b: Batcher, n: int, lane: str | None = None) -> None:
+    """Wait until `n` rows are queued (the submitting tasks have run up to their await)."""
+    while b.depth(lane) < n:
+        await asyncio.sleep(0)
+
+
+async def in_flight(run: Recorder) -> None:
+    await run.started.wait()
+
+
 async def test_results_scatter_back_in_order() -> None:
     run = Recorder()
     b = make(run)
-    out = await b.submit(rows(3, 10, 1, 7))
+    out = await submit(b, rows(3, 10, 1, 7))
     assert out[:, 0].tolist() == [3, 10, 1, 7] and out[:, 1].tolist() == [0, 1, 2, 3]
     await b.close()
 
@@ -52,10 +73,10 @@ async def test_token_budget_counts_padding_and_sorts_by_length() -> None:
     run = Recorder()
     run.gate = asyncio.Event()
     b = make(run, max_batch_tokens=40, max_batch_size=8)
-    first = asyncio.create_task(b.submit(rows(1)))  # occupies the single in-flight slot
-    await asyncio.sleep(0.02)
-    pending = asyncio.create_task(b.submit(rows(2, 20, 3, 19, 2, 18)))
-    await asyncio.sleep(0.02)
+    first = asyncio.create_task(submit(b, rows(1)))  # occupies the single in-flight slot
+    await in_flight(run)
+    pending = asyncio.create_task(submit(b, rows(2, 20, 3, 19, 2, 18)))
+    await queued(b, 6)
     run.gate.set()
     await asyncio.gather(first, pending)
     later = run.batches[1:]
@@ -72,27 +93,29 @@ async def test_partial_batch_waits_then_flushes() -> None:
     run = Recorder()
     b = make(run, max_wait_ms=30, max_batch_size=4)
     t0 = asyncio.get_running_loop().time()
-    await b.submit(rows(2))
+    await submit(b, rows(2))
     assert asyncio.get_running_loop().time() - t0 >= 0.025
     t0 = asyncio.get_running_loop().time()
-    await b.submit(rows(2, 2, 2, 2))  # a full batch does not wait
+    await submit(b, rows(2, 2, 2, 2))  # a full batch does not wait
     assert asyncio.get_running_loop().time() - t0 < 0.025
     await b.close()
 
 
-async def test_queue_full_is_429_with_retry_after() -> None:
+async def test_admission_counts_queued_and_in_flight_inputs_and_refuses_at_once() -> None:
     run = Recorder()
     run.gate = asyncio.Event()
     b = make(run, max_queue=4, max_batch_size=1, retry_after_s=3)
-    held = asyncio.create_task(b.submit(rows(1)))
-    await asyncio.sleep(0.02)
-    queued = asyncio.create_task(b.submit(rows(1, 1, 1)))
-    await asyncio.sleep(0.01)
+    held = asyncio.create_task(submit(b, rows(1)))
+    await in_flight(run)
+    waiting = asyncio.create_task(submit(b, rows(1, 1, 1)))
+    await queued(b, 3)
     with pytest.raises(Overloaded) as err:
-        await b.submit(rows(1, 1))
+        b.admit(1)  # 1 in flight + 3 queued hold every permit: refused before any row is made
     assert err.value.status == 429 and err.value.retry_after == 3
+    assert b.admit(1, lane="backfill").n == 1  # lanes are admitted separately
     run.gate.set()
-    await asyncio.gather(held, queued)
+    await asyncio.gather(held, waiting)
+    assert b.admitted == {"online": 0, "backfill": 1}  # answered requests gave their permits back
     await b.close()
 
 
@@ -100,16 +123,17 @@ async def test_cancelled_caller_rows_never_run() -> None:
     run = Recorder()
     run.gate = asyncio.Event()
     b = make(run, max_batch_size=1)
-    held = asyncio.create_task(b.submit(rows(1)))
-    await asyncio.sleep(0.02)
-    gone = asyncio.create_task(b.submit(rows(7, 7, 7)))
-    await asyncio.sleep(0.01)
+    held = asyncio.create_task(submit(b, rows(1)))
+    await in_flight(run)
+    gone = asyncio.create_task(submit(b, rows(7, 7, 7)))
+    await queued(b, 3)
     gone.cancel()
-    await asyncio.sleep(0.01)
-    assert b.depth() == 0
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert b.depth() == 0 and b.admitted["online"] == 1  # dropped, and its permit given back
     run.gate.set()
     await held
-    await asyncio.sleep(0.02)
+    await submit(b, rows(2))  # the batcher moved on past where the cancelled rows were
     assert 7 not in [x for batch in run.batches for x in batch]
     await b.close()
 
@@ -117,10 +141,10 @@ async def test_cancelled_caller_rows_never_run() -> None:
 async def test_errors_reach_every_caller_and_batcher_survives() -> None:
     run = Recorder(fail=EncoderUnavailable("down", retry_after=1))
     b = make(run)
-    results = await asyncio.gather(b.submit(rows(1)), b.submit(rows(2)), return_exceptions=True)
+    results = await asyncio.gather(submit(b, rows(1)), submit(b, rows(2)), return_exceptions=True)
     assert all(isinstance(r, EncoderUnavailable) for r in results)
     run.fail = None
-    assert (await b.submit(rows(5)))[0, 0] == 5
+    assert (await submit(b, rows(5)))[0, 0] == 5
     await b.close()
 
 
@@ -128,11 +152,12 @@ async def test_online_lane_before_backfill() -> None:
     run = Recorder()
     run.gate = asyncio.Event()
     b = make(run, max_batch_size=2)
-    held = asyncio.create_task(b.submit(rows(1)))
-    await asyncio.sleep(0.02)
-    back = asyncio.create_task(b.submit(rows(9, 9), lane="backfill"))
-    online = asyncio.create_task(b.submit(rows(5, 5)))
-    await asyncio.sleep(0.02)
+    held = asyncio.create_task(submit(b, rows(1)))
+    await in_flight(run)
+    back = asyncio.create_task(submit(b, rows(9, 9), lane="backfill"))
+    online = asyncio.create_task(submit(b, rows(5, 5)))
+    await queued(b, 2, "backfill")
+    await queued(b, 2, "online")
     run.gate.set()
     await asyncio.gather(held, back, online)
     assert run.batches[1] == [5, 5] and run.batches[2] == [9, 9]
@@ -145,12 +170,12 @@ async def test_backfill_is_capped_at_its_share_and_online_never_waits_for_the_ca
 
     async def trickle() -> None:  # online traffic keeps arriving: the cap applies
         while True:
-            await b.submit(rows(2))
+            await submit(b, rows(2))
             await asyncio.sleep(0.1)
 
     online = asyncio.create_task(trickle())
     await asyncio.sleep(0.05)
-    back = asyncio.create_task(b.submit(rows(*[3] * 200), lane="backfill"))
+    back = asyncio.create_task(submit(b, rows(*[3] * 200), lane="backfill"))
     try:
         await asyncio.sleep(1.0)
         done = sum(1 for batch in run.batches if batch == [3])
@@ -171,7 +196,7 @@ async def test_without_online_traffic_backfill_takes_the_whole_encoder_in_full_b
     run = Recorder(delay=0.01)
     b = make(run, max_batch_size=4, backfill_share=0.25, share_window_s=0.4)
     t0 = asyncio.get_running_loop().time()
-    await b.submit(rows(*[3] * 40), lane="backfill")
+    await submit(b, rows(*[3] * 40), lane="backfill")
     assert asyncio.get_running_loop().time() - t0 < 0.4  # 10 batches of 10 ms, never held
     assert [len(x) for x in run.batches] == [4] * 10
     await b.close()
