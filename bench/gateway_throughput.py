@@ -74,6 +74,12 @@ def raw_ort(
                 run(*pad_tokens(rows))
             best = max(best, len(texts) / (time.perf_counter() - t0))
         out[f"b{b}"] = best
+    single = []
+    for j in order[:: max(1, len(order) // 300)]:
+        t0 = time.perf_counter()
+        run(*pad_tokens([ids[j]]))
+        single.append((time.perf_counter() - t0) * 1000)
+    out["b1_p50_ms"] = float(np.percentile(single, 50))
     return out
 
 
@@ -262,6 +268,7 @@ def load(
     requests: int,
     seconds: float,
     meter: CpuMeter | None = None,
+    honor_retry_after: bool = False,
 ) -> dict[str, object]:
     before = meter.read() if meter else {}
     out = subprocess.run(
@@ -283,6 +290,7 @@ def load(
             str(requests),
             "--seconds",
             str(seconds),
+            *(["--honor-retry-after"] if honor_retry_after else []),
         ],
         capture_output=True,
         text=True,
@@ -309,11 +317,54 @@ def loads(url: str, texts_file: str, n: int, seconds: float, meter: CpuMeter) ->
     }
 
 
+def _best(raw: dict[str, float]) -> float:
+    return max(v for k, v in raw.items() if k.startswith("b") and not k.endswith("_ms"))
+
+
+def unloaded(url: str, texts_file: str) -> dict[str, object]:
+    """One client, one sentence at a time: the latency floor a single query sees."""
+    return load(url, texts_file, 1, 1, 300, 30)
+
+
+def overload(texts_file: str, seconds: float, queue: int = 64) -> dict[str, object]:
+    """4x overload: 256 single-sentence clients on a gateway admitting `queue` inputs. Refusals must be
+    cheap and fast (429 p99), the accepted work must keep the server's pace (goodput vs the same server's
+    64-client best), and latency must come back once the load stops."""
+    env = {"EMBEDFLEET_CACHE_BACKEND": "none", "EMBEDFLEET_MAX_QUEUE_INPUTS": str(queue)}
+    with serving(env) as gw:
+        warm_up(gw.url, texts_file)
+        meter = CpuMeter(gw.proc.pid, "gateway", {"tritonserver": "triton"})
+        calm = unloaded(gw.url, texts_file)
+        best = load(gw.url, texts_file, queue, 1, 10**6, seconds, meter)
+        polite = load(gw.url, texts_file, 4 * queue, 1, 10**6, seconds, meter, honor_retry_after=True)
+        started = time.perf_counter()
+        recovered_s = None
+        while time.perf_counter() - started < 30:
+            probe = load(gw.url, texts_file, 1, 1, 5, 5)
+            if cast(float, probe["p50_ms"]) <= 1.5 * cast(float, calm["p50_ms"]):
+                recovered_s = time.perf_counter() - started
+                break
+        rude = load(gw.url, texts_file, 4 * queue, 1, 10**6, seconds, meter)
+    refused = cast(dict[str, dict[str, float]], polite["by_status_ms"]).get("429", {})
+    return {
+        "queue_inputs": queue,
+        "unloaded": calm,
+        "best_64_clients": best,
+        "overload_256_clients_honoring_retry_after": polite,
+        "goodput_ratio": cast(float, polite["sentences_per_s"]) / cast(float, best["sentences_per_s"]),
+        "refused_p99_ms": refused.get("p99"),
+        "recovery_s": recovered_s,
+        "overload_256_clients_retrying_at_once": rude,
+        "goodput_ratio_retrying_at_once": cast(float, rude["sentences_per_s"])
+        / cast(float, best["sentences_per_s"]),
+    }
+
+
 def _vs_raw(
     col: dict[str, dict[str, object]], before: dict[str, float], after: dict[str, float]
 ) -> dict[str, object]:
     """The raw runs either side of a column, and its ratios to their mean best."""
-    best = float(np.mean([max(before.values()), max(after.values())]))
+    best = float(np.mean([_best(before), _best(after)]))
     return {
         "raw_ort": {"before": before, "after": after, "best_mean": best},
         "ratio_single": cast(float, col["single_64_clients"]["sentences_per_s"]) / best,
@@ -345,6 +396,7 @@ def main() -> None:
     p.add_argument("--peer-model", type=Path, default=PEER_MODEL, help="model folder Infinity serves")
     p.add_argument("--peer-engines", nargs="+", choices=PEER_ENGINES, default=list(PEER_ENGINES))
     p.add_argument("--no-peer", action="store_true", help="skip the Infinity columns")
+    p.add_argument("--no-overload", action="store_true", help="skip the 4x overload phase")
     a = p.parse_args()
     texts = sentences(a.n)
     loadavg = {"start": os.getloadavg()}
@@ -357,6 +409,7 @@ def main() -> None:
             raws = [raw_ort(texts)]
             meter = CpuMeter(gw.proc.pid, "gateway", {"tritonserver": "triton"})
             gateway = loads(gw.url, f.name, a.n, a.seconds, meter)
+            calm = unloaded(gw.url, f.name)
             raws.append(raw_ort(texts))
         peers: dict[str, dict[str, object]] = {}
         for engine in [] if a.no_peer else a.peer_engines:
@@ -378,8 +431,10 @@ def main() -> None:
                 **col,
                 **_vs_raw(col, raws[-2], raws[-1]),
             }
+        overloaded = None if a.no_overload else overload(f.name, a.seconds)
     loadavg["end"] = os.getloadavg()
     vs_raw = _vs_raw(gateway, raws[0], raws[1])
+    raw_b1 = float(np.mean([raws[0]["b1_p50_ms"], raws[1]["b1_p50_ms"]]))
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -395,12 +450,24 @@ def main() -> None:
         "served_16x16": gateway["16x16"],
         "ratio_single": vs_raw["ratio_single"],
         "ratio_16x16": vs_raw["ratio_16x16"],
+        "unloaded_single": calm,
+        "unloaded_p50_vs_raw_b1_p50": cast(float, calm["p50_ms"]) / raw_b1,
+        "overload": overloaded,
         "gateway_cold_start_s": gw.cold_start_s,
         "peers": peers if not a.no_peer else {"skipped": "--no-peer"},
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
-    print(f"loadavg {loadavg}; raw ORT best per run: {[round(max(r.values())) for r in raws]} sent/s")
+    print(f"loadavg {loadavg}; raw ORT best per run: {[round(_best(r)) for r in raws]} sent/s")
+    print(
+        f"unloaded single p50 {calm['p50_ms']:.1f} ms = {result['unloaded_p50_vs_raw_b1_p50']:.2f} x raw b1"
+    )
+    if overloaded:
+        print(
+            f"overload: goodput {overloaded['goodput_ratio']:.2f} of best (retrying at once "
+            f"{overloaded['goodput_ratio_retrying_at_once']:.2f}), "
+            f"429 p99 {overloaded['refused_p99_ms']} ms, recovery {overloaded['recovery_s']} s"
+        )
     print(_summary("gateway + Triton", {**gateway, **vs_raw}))
     for name, col in peers.items():
         print(f"{name}: skipped ({col['skipped']})" if "skipped" in col else _summary(name, col))

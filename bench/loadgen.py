@@ -30,11 +30,15 @@ async def run(
     requests: int,
     seconds: float,
     headers: dict[str, str],
+    honor_retry_after: bool = False,
 ) -> dict[str, object]:
+    """`honor_retry_after`: a refused client waits what Retry-After says before its next request, as the
+    official OpenAI client does; otherwise it retries at once (a misbehaving client)."""
     import aiohttp
 
     _loopback_only(url)
     latencies: list[float] = []
+    by_status: dict[int, list[float]] = {}
     statuses: dict[int, int] = {}
     sent = 0
     deadline = time.perf_counter() + seconds
@@ -53,7 +57,12 @@ async def run(
                 async with session.post(f"{url}/v1/embeddings", json={"model": model, "input": chunk}) as r:
                     await r.read()
                     statuses[r.status] = statuses.get(r.status, 0) + 1
-                latencies.append(time.perf_counter() - t0)
+                    wait = float(r.headers.get("Retry-After", 0)) if r.status in (429, 503) else 0.0
+                took = time.perf_counter() - t0
+                latencies.append(took)
+                by_status.setdefault(r.status, []).append(took)
+                if honor_retry_after and wait:
+                    await asyncio.sleep(wait)
 
         # warm-up: one request per client
         started = time.perf_counter()
@@ -73,6 +82,10 @@ async def run(
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
         "p99_ms": float(np.percentile(lat, 99)),
+        "by_status_ms": {
+            str(code): {q: float(np.percentile(np.asarray(v) * 1000, int(q[1:]))) for q in ("p50", "p99")}
+            for code, v in by_status.items()
+        },
     }
 
 
@@ -86,11 +99,14 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--api-key")
+    p.add_argument("--honor-retry-after", action="store_true")
     a = p.parse_args()
     with open(a.texts) as f:
         texts = json.load(f)
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
-    result = asyncio.run(run(a.url, a.model, texts, a.clients, a.batch, a.requests, a.seconds, headers))
+    result = asyncio.run(
+        run(a.url, a.model, texts, a.clients, a.batch, a.requests, a.seconds, headers, a.honor_retry_after)
+    )
     print(json.dumps(result))
 
 

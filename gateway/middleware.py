@@ -2,6 +2,7 @@
 
 - Request-size limit: 413 from Content-Length before reading, or while streaming a chunked body (raised
   as an HTTPException that gateway.errors maps to the same 413 body).
+- Overload: 429 for an embedding request while every model's queue is full, before the body is read.
 - Metrics: requests and latency by route template, model and status.
 """
 
@@ -14,7 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import error_response
 from services import metrics
-from services.errors import PayloadTooLarge
+from services.errors import EmbedfleetError, Overloaded, PayloadTooLarge
+
+EMBED_PATHS = frozenset({"/v1/embeddings", "/v1/embed"})
 
 
 class BodyTooLarge(HTTPException):
@@ -35,12 +38,11 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         status = {"code": 500}
-        too_large = PayloadTooLarge(f"request body over {self.max_bytes} bytes", field="body")
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(too_large)(scope, receive, send)
-                self._observe(scope, 413, started)
-                return
+        refusal = self._refuse_early(scope)
+        if refusal is not None:
+            await error_response(refusal)(scope, receive, send)
+            self._observe(scope, refusal.status, started)
+            return
         seen = 0
 
         async def limited_receive() -> Message:
@@ -59,6 +61,19 @@ class GatewayMiddleware:
 
         await self.app(scope, limited_receive, tracking_send)
         self._observe(scope, status["code"], started)
+
+    def _refuse_early(self, scope: Scope) -> EmbedfleetError | None:
+        """Refusals that need no body: too large by Content-Length (413), and an embedding request while
+        every served model's queue is full (429, answered before the body is read or validated: under
+        overload a refusal must cost next to nothing)."""
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return PayloadTooLarge(f"request body over {self.max_bytes} bytes", field="body")
+        if scope.get("method") == "POST" and scope.get("path") in EMBED_PATHS:
+            runtime = getattr(scope["app"].state, "runtime", None)
+            if runtime is not None and runtime.embedder.saturated():
+                return Overloaded("every model's queue is full", retry_after=runtime.settings.retry_after_s)
+        return None
 
     @staticmethod
     def _observe(scope: Scope, status: int, started: float) -> None:

@@ -117,6 +117,11 @@ class Embedder:
             )
         return b
 
+    def saturated(self) -> bool:
+        """Every online lane is at its admission limit: any embedding request would get 429."""
+        batchers = self._batchers.values()
+        return bool(batchers) and all(b.admitted["online"] >= b.max_queue for b in batchers)
+
     def text_spec(self, model: str) -> ModelSpec:
         """Dual-tower models embed text with their text tower."""
         spec = self.spec(model)

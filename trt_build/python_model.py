@@ -53,13 +53,16 @@ class TritonPythonModel:
     def _text(self, arrays: list[tuple[np.ndarray, ...]]) -> np.ndarray:
         """Merge ragged requests, sort rows by length, run in chunks under the token budget."""
         total = sum(tensors[0].shape[0] for tensors in arrays)
-        width = max(tensors[0].shape[1] for tensors in arrays)
-        merged = np.zeros((len(self.input_names), total, width), dtype=np.int64)
-        row = 0
-        for tensors in arrays:
-            n, length = tensors[0].shape
-            merged[:, row : row + n, :length] = np.stack(tensors)
-            row += n
+        if len(arrays) == 1:  # one gateway's batch (the usual case): already padded and sorted, no copy
+            merged = np.stack(arrays[0]) if len(arrays[0]) > 1 else arrays[0][0][None]
+        else:  # several gateway processes' batches in one execute: one padded block
+            width = max(tensors[0].shape[1] for tensors in arrays)
+            merged = np.zeros((len(self.input_names), total, width), dtype=np.int64)
+            row = 0
+            for tensors in arrays:
+                n, length = tensors[0].shape
+                merged[:, row : row + n, :length] = np.stack(tensors)
+                row += n
         lengths = merged[self.input_names.index("attention_mask")].sum(axis=1)
         order = np.argsort(-lengths, kind="stable")
         out: np.ndarray | None = None
