@@ -11,12 +11,12 @@ from fastapi import FastAPI
 from gateway import errors
 from gateway.auth import Authenticator
 from gateway.middleware import GatewayMiddleware
-from gateway.routes import collections, embed, embeddings, health, jobs, migrations, search
+from gateway.routes import collections, embed, embeddings, health, jobs, migrations, rerank, search
 from services.config import Settings, get_settings
 from services.runtime import Runtime
 
 log = logging.getLogger("embedfleet.gateway")
-ROUTERS = (health, embeddings, embed, collections, search, jobs, migrations)
+ROUTERS = (health, embeddings, embed, rerank, collections, search, jobs, migrations)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from gateway.auth import Authenticator
 from services.blobs import BlobStore
+from services.calibration import Calibrations
 from services.config import Settings
 from services.embedder import Embedder
 from services.errors import EmbedfleetError
@@ -49,6 +50,10 @@ async def get_blobs(request: Request) -> BlobStore:
     return _runtime(request).blobs
 
 
+async def get_calibrations(request: Request) -> Calibrations:
+    return _runtime(request).calibrations
+
+
 async def get_searcher(request: Request) -> Searcher:
     return _runtime(request).searcher
 
@@ -77,6 +82,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 StoreDep = Annotated[VectorStore, Depends(get_store)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+CalibrationsDep = Annotated[Calibrations, Depends(get_calibrations)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 MigrationsDep = Annotated[Migrations, Depends(get_migrations)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

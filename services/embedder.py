@@ -26,7 +26,7 @@ from services.media.video import decode_video
 from services.registry import Kind, ModelSpec, Registry, Side
 from services.templates import Template, resolve
 from services.tokenizer import TextTokenizer, Tokenized, Truncate
-from services.vectors import finish, l2_normalize
+from services.vectors import activate_scores, finish, l2_normalize
 
 T = TypeVar("T")
 
@@ -38,6 +38,13 @@ TOKENIZE_OFF_LOOP = 8  # texts per request from which tokenizing moves to the to
 class _Counters:
     tokens: Any
     inputs: Any
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: np.ndarray  # [documents] float32, activated unless raw scores were asked for
+    tokens: list[int]  # per pair, after truncation
+    truncated: list[bool]
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,17 @@ class Embedder:
                     return await self.encoder.embed_pixels(spec.triton_name, np.stack(rows))
 
                 cost, tokens = (lambda _row: 1), spec.batching.max_batch_size
+            elif spec.kind is Kind.cross_encoder:  # a row is a pair: its ids over its segment ids
+
+                async def run(rows: list[np.ndarray]) -> np.ndarray:
+                    ids, mask = pad_tokens([r[0] for r in rows])
+                    types, _ = pad_tokens([r[1] for r in rows])
+                    return (await self.encoder.score_pairs(spec.triton_name, ids, mask, types))[:, None]
+
+                cost, tokens = (
+                    (lambda row: row.shape[1]),
+                    min(spec.batching.max_batch_tokens, s.max_batch_tokens),
+                )
             else:
                 left = spec.padding_side == "left"
 
@@ -129,6 +147,8 @@ class Embedder:
             return self.registry.get(spec.towers["text"])
         if spec.kind is Kind.image_encoder:
             raise InvalidInput(f"model {model} embeds images only", field="model")
+        if spec.kind is Kind.cross_encoder:
+            raise InvalidInput(f"model {model} is a reranker: use /v1/rerank", field="model")
         return spec
 
     def check_payload(self, count: int, texts: list[str] | None, field: str) -> None:
@@ -238,6 +258,34 @@ class Embedder:
             await self.cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing)})
             self._counters(spec.name).tokens.inc(sum(tokenized.lengths[i] for i in missing))
         return out, len(keys) - len(missing)
+
+    async def score_pairs(
+        self,
+        model: str,
+        query: str,
+        documents: list[str],
+        *,
+        truncate: Truncate = "end",
+        raw_scores: bool = False,
+        lane: str = "online",
+    ) -> Scored:
+        """Relevance of each document to `query` by a cross-encoder, one pair per row through the same
+        admission and token-budget batcher as embeddings (pairs are sorted by length and padded once)."""
+        spec = self.spec(model)
+        if spec.kind is not Kind.cross_encoder:
+            raise InvalidInput(f"model {model} is not a reranker (cross-encoder)", field="model")
+        batcher = self.batcher(spec)
+        with batcher.admit(len(documents), lane):
+            tok = self.tokenizer(spec)
+            if len(documents) < TOKENIZE_OFF_LOOP:
+                pairs = tok.encode_pairs(query, documents, truncate)
+            else:
+                pairs = await self._off_loop(self._token_pool(), tok.encode_pairs, query, documents, truncate)
+            rows = [np.stack([i, t]) for i, t in zip(pairs.ids, pairs.type_ids, strict=True)]
+            logits = (await batcher.submit(rows, lane=lane)).reshape(-1)
+        self._counters(spec.name).tokens.inc(sum(pairs.lengths))
+        scores = logits if raw_scores else activate_scores(logits, spec.activation)
+        return Scored(scores, pairs.lengths, pairs.truncated)
 
     def image_spec(self, model: str, field: str) -> ModelSpec:
         """The image tower behind `model` (itself, or a dual-tower's image tower)."""

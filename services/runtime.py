@@ -12,6 +12,7 @@ from functools import partial
 
 from services.blobs import BlobStore
 from services.cache import make_cache
+from services.calibration import Calibrations
 from services.config import Settings
 from services.embedder import Embedder
 from services.encoders.triton import TritonEncoder
@@ -35,6 +36,7 @@ class Runtime:
     jobs: JobStore
     querylog: QueryLog
     searcher: Searcher
+    calibrations: Calibrations
     migrations: Migrations
     dispatcher: Dispatcher
 
@@ -73,6 +75,7 @@ class Runtime:
             jobs=jobs,
             querylog=querylog,
             searcher=Searcher(embedder, store, querylog, Compensators(blobs)),
+            calibrations=Calibrations(embedder, settings.data_dir / "calibration"),
             migrations=migrations,
             dispatcher=Dispatcher(settings, jobs, blobs, store, index, migrations),
         )

@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import EmbedderDep, TenantDep, until_disconnect
+from gateway.deps import CalibrationsDep, EmbedderDep, TenantDep, until_disconnect
 from gateway.responses import json_response
 from gateway.schemas.native import EmbedRequest
+from services.calibration import Calibrations
 from services.multimodal import Item, embed_items
-from services.vectors import to_base64
+from services.vectors import encode_base64, quantize
 
 router = APIRouter(tags=["native"])
 
 
+async def _encodings(
+    body: EmbedRequest, calibrations: Calibrations, vectors: np.ndarray
+) -> dict[str, list[Any]]:
+    """Each asked encoding of every vector, as lists of numbers or (encoding_format=base64) strings."""
+    out: dict[str, list[Any]] = {}
+    for kind in body.embedding_types or ["float"]:
+        ranges = None
+        if kind in ("int8", "uint8"):
+            ranges = await calibrations.ranges(body.model, body.dimensions, body.normalize)
+        quantized = quantize(vectors, ranges, kind)
+        if body.encoding_format == "base64":
+            out[kind] = [encode_base64(v, kind) for v in quantized]
+        else:
+            out[kind] = list(quantized)
+    return out
+
+
 @router.post("/v1/embed")
-async def embed(body: EmbedRequest, request: Request, embedder: EmbedderDep, _tenant: TenantDep) -> Response:
+async def embed(
+    body: EmbedRequest,
+    request: Request,
+    embedder: EmbedderDep,
+    calibrations: CalibrationsDep,
+    _tenant: TenantDep,
+) -> Response:
     request.state.model = body.model
     texts = [item.text for item in body.inputs if item.text is not None]
     embedder.check_payload(len(body.inputs), texts, "inputs")
-    encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
     items = [Item(i.text, i.image, i.video) for i in body.inputs]
     results, template = await until_disconnect(
         request,
@@ -34,15 +60,14 @@ async def embed(body: EmbedRequest, request: Request, embedder: EmbedderDep, _te
             truncate=body.truncate,
         ),
     )
+    encodings = await _encodings(body, calibrations, np.stack([r.vector for r in results]))
     data = []
     for i, r in enumerate(results):
-        entry = {
-            "index": i,
-            "kind": r.kind,
-            "embedding": encode(r.vector),
-            "tokens": r.tokens,
-            "truncated": r.truncated,
-        }
+        entry: dict[str, object] = {"index": i, "kind": r.kind, "tokens": r.tokens, "truncated": r.truncated}
+        if body.embedding_types is None:
+            entry["embedding"] = encodings["float"][i]
+        else:
+            entry["embeddings"] = {kind: values[i] for kind, values in encodings.items()}
         if r.timestamps is not None:
             entry["frame_timestamps_s"] = r.timestamps
         data.append(entry)

@@ -32,3 +32,33 @@ class EmbedRequest(BaseModel):
     dimensions: int | None = Field(None, ge=1)
     truncate: Literal["end", "start", "none"] = "end"
     encoding_format: Literal["float", "base64"] = "float"
+    embedding_types: list[Literal["float", "int8", "uint8", "binary", "ubinary"]] | None = Field(
+        None,
+        min_length=1,
+        description="several encodings at once, under `embeddings`: int8/uint8 scalar-quantized with the "
+        "model's stored calibration, binary/ubinary sign bits packed 8 per byte",
+    )
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """The shape rerank APIs share (Cohere, Jina, Infinity, TEI's `texts` aside): a query, documents as
+    strings or `{text}` objects, `top_n`, `return_documents`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+    truncate: Literal["end", "start", "none"] = "end"
+    raw_scores: bool = Field(False, description="the engine's logits instead of the model's activation")
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]

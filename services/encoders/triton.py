@@ -69,13 +69,15 @@ class TritonEncoder:
             retry_after=self.retry_after_s,
         )
 
-    async def _infer(self, model: str, inputs: list[grpcclient.InferInput]) -> np.ndarray:
+    async def _infer(
+        self, model: str, inputs: list[grpcclient.InferInput], output: str = "embeddings"
+    ) -> np.ndarray:
         started = time.perf_counter()
         try:
             result = await self.client.infer(
                 model,
                 inputs,
-                outputs=[grpcclient.InferRequestedOutput("embeddings")],
+                outputs=[grpcclient.InferRequestedOutput(output)],
                 client_timeout=self.timeout_s,
             )
         except Exception as exc:  # grpc raises InferenceServerException, OSError or grpc errors
@@ -85,9 +87,9 @@ class TritonEncoder:
                 await self._reset()
             raise err from exc
         metrics.TRITON_LATENCY.labels(model, "ok").observe(time.perf_counter() - started)
-        out = result.as_numpy("embeddings")
+        out = result.as_numpy(output)
         if out is None:
-            raise EmbedfleetError(f"Triton returned no 'embeddings' for {model}")
+            raise EmbedfleetError(f"Triton returned no {output!r} for {model}")
         return out
 
     async def embed_tokens(self, model: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -100,6 +102,16 @@ class TritonEncoder:
         return await self._infer(
             model, [_input("pixel_values", pixel_values.astype(np.float32, copy=False), "FP32")]
         )
+
+    async def score_pairs(
+        self, model: str, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> np.ndarray:
+        inputs = [
+            _input("input_ids", input_ids, "INT64"),
+            _input("attention_mask", attention_mask, "INT64"),
+            _input("token_type_ids", token_type_ids, "INT64"),
+        ]
+        return (await self._infer(model, inputs, "scores")).reshape(-1)  # the engine answers [pairs, 1]
 
     async def is_ready(self, model: str) -> bool:
         try:
