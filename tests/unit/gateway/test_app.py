@@ -1,0 +1,97 @@
+"""The gateway's HTTP layer on a real runtime whose Triton is unreachable (127.0.0.1:1, refused at once):
+refusals before any model work, error shapes naming the field, auth, and the admission short-cut."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from services.config import Settings
+from services.runtime import Runtime
+
+MODEL = "all-minilm-l6-v2"
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    settings = Settings(
+        data_dir=tmp_path,
+        triton_url="127.0.0.1:1",
+        models=[MODEL],
+        api_keys={"k1": "alpha"},
+        max_request_bytes=4096,
+        max_queue_inputs=8,
+        cache_backend="none",
+    )
+    runtime = Runtime.build(settings)
+    app = create_app(settings, runtime)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            yield c, runtime
+
+
+AUTH = {"Authorization": "Bearer k1"}
+
+
+async def test_health_is_open_and_auth_is_required(client: tuple[httpx.AsyncClient, Runtime]) -> None:
+    c, _ = client
+    assert (await c.get("/healthz")).status_code == 200
+    r = await c.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
+    assert r.status_code == 401 and r.json()["error"]["param"] == "authorization"
+    r = await c.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers={"api-key": "wrong"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": MODEL}, "input"),
+        ({"model": MODEL, "input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ({"model": "nope", "input": "x"}, "model"),
+        ({"model": MODEL, "input": "x", "dimensions": 7}, "dimensions"),
+        ({"model": MODEL, "input": "x", "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_requests_name_their_field(
+    client: tuple[httpx.AsyncClient, Runtime], body: dict[str, object], param: str
+) -> None:
+    c, _ = client
+    r = await c.post("/v1/embeddings", json=body, headers=AUTH)
+    assert 400 <= r.status_code < 500
+    assert r.json()["error"]["param"] == param, r.json()
+
+
+async def test_too_large_and_overloaded_are_refused_before_the_body_is_read(
+    client: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    c, runtime = client
+    r = await c.post(
+        "/v1/embeddings", content=b"x" * 5000, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["error"]["param"] == "body"
+    batcher = runtime.embedder.batcher(runtime.embedder.spec(MODEL))
+    batcher.admitted["online"] = batcher.max_queue  # every permit held by requests in flight
+    # not even valid JSON: a saturated gateway answers 429 without parsing it
+    r = await c.post(
+        "/v1/embeddings", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    batcher.admitted["online"] = batcher.max_queue - 1
+    r = await c.post("/v1/embeddings", json={"model": MODEL, "input": ["a", "b"]}, headers=AUTH)
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"  # 2 inputs, 1 permit
+    assert batcher.admitted["online"] == batcher.max_queue - 1  # the refused request held none
+    batcher.admitted["online"] = 0
+
+
+async def test_an_unreachable_encoder_is_503_with_retry_after(
+    client: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    c, runtime = client
+    r = await c.post("/v1/embeddings", json={"model": MODEL, "input": "x"}, headers=AUTH)
+    assert r.status_code == 503 and "Retry-After" in r.headers
+    assert runtime.embedder.batcher(runtime.embedder.spec(MODEL)).admitted["online"] == 0  # permit returned
