@@ -7,6 +7,11 @@
   workers sharing one store, sharding and replication.
 
 Congruence tests (tests/congruence) run the same operations on both and compare the results.
+
+Hybrid search: a collection created with `Layout(..., sparse="bm25")` stores a BM25 sparse vector beside
+each dense one (`PointIn(..., sparse=bm25_document(text))`); `VectorStore.search(mode="sparse" |
+"hybrid", sparse_query=bm25_query(text), fusion=..., weights=..., diversity=..., candidates=...)`
+searches it. The encoder is one for both engines (`bm25.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,17 @@ from __future__ import annotations
 from typing import cast
 
 from services.config import Settings
-from services.store.backend import INDEX_SCHEMAS, QUANTIZATIONS, Backend, Quantization
+from services.store.backend import (
+    FUSIONS,
+    INDEX_SCHEMAS,
+    MODES,
+    QUANTIZATIONS,
+    Backend,
+    Fusion,
+    Mode,
+    Quantization,
+)
+from services.store.bm25 import bm25_document, bm25_query
 from services.store.edge import EdgeBackend, EdgeTuning, StoreLocked
 from services.store.filters import parse_filter
 from services.store.names import (
@@ -27,29 +42,45 @@ from services.store.names import (
     point_id,
     validate_name,
 )
-from services.store.records import CollectionInfo, Layout, PhysicalInfo, PointIn, StoredPoint
+from services.store.records import (
+    SPARSE_KINDS,
+    CollectionInfo,
+    Layout,
+    PhysicalInfo,
+    PointIn,
+    Sparse,
+    StoredPoint,
+)
 from services.store.server import ServerBackend
 from services.store.vector_store import VectorStore
 
 __all__ = [
     "DOC_ID_KEY",
+    "FUSIONS",
     "INDEX_SCHEMAS",
     "MAX_TOP_K",
+    "MODES",
     "QUANTIZATIONS",
     "SOURCE_KEY",
+    "SPARSE_KINDS",
     "TENANT_KEY",
     "Backend",
     "CollectionInfo",
     "EdgeBackend",
+    "Fusion",
     "Layout",
+    "Mode",
     "PhysicalInfo",
     "PointIn",
     "Quantization",
     "ServerBackend",
+    "Sparse",
     "StoreLocked",
     "StoredPoint",
     "VectorStore",
     "alias_name",
+    "bm25_document",
+    "bm25_query",
     "edge_tuning",
     "open_store",
     "parse_filter",

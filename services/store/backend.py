@@ -15,12 +15,20 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from qdrant_client import models as qm
 
-from services.store.records import Layout
+from services.store.records import Layout, Sparse
 
 Quantization = Literal["none", "scalar", "binary"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "scalar", "binary")
 DISTANCES: tuple[str, ...] = ("cosine", "dot", "euclid", "manhattan")
 INDEX_SCHEMAS: tuple[str, ...] = ("keyword", "integer", "float", "geo", "text", "datetime", "uuid")
+Mode = Literal["dense", "sparse", "hybrid"]
+MODES: tuple[str, ...] = ("dense", "sparse", "hybrid")
+Fusion = Literal["rrf", "dbsf"]
+FUSIONS: tuple[str, ...] = ("rrf", "dbsf")
+SPARSE_VECTOR = "bm25"  # the name of the sparse vector on both engines
+RRF_K = 2  # the server's default RRF constant; Qdrant Edge has no default, so both are given it explicitly
+Row = tuple[str, np.ndarray, dict[str, Any]] | tuple[str, np.ndarray, dict[str, Any], Sparse | None]
+"""A point to write: (point id, dense vector, payload[, sparse vector])."""
 
 
 @dataclass(frozen=True)
@@ -31,18 +39,41 @@ class Record:
     payload: dict[str, Any]
     vector: list[float] | None = None
     score: float | None = None
+    sparse: Sparse | None = None
 
 
 @dataclass(frozen=True)
 class Search:
-    """One nearest-neighbour request on one physical collection (the filter already holds the tenant)."""
+    """One search on one physical collection (the filter already holds the tenant). Validated above.
 
-    vector: np.ndarray
+    - `mode="dense"`: nearest to `vector`; with `diversity`, MMR over the `candidates` nearest (scores
+      are the plain similarities, the order is MMR's).
+    - `mode="sparse"`: BM25 over the `bm25` sparse vector with `sparse` (a `bm25_query`); points sharing
+      no token with it are not returned.
+    - `mode="hybrid"`: a dense and a sparse stage of `candidates` points each, both under `filter`,
+      fused by RRF (k = `RRF_K`, optional `weights` = (dense, sparse): a point at 0-based rank r of a
+      stage of weight w scores 1 / ((r + 1) / w + k - 1), summed over the stages) or DBSF; with
+      `diversity`, MMR on the dense vector over the `candidates` best fused points (scores are then the
+      dense similarities).
+
+    IDF statistics are taken over the points matching `idf_corpus` (the tenant's points): live
+    statistics on both engines, where collection-wide ones would still count replaced and deleted
+    points on Qdrant Edge until it optimizes.
+    """
+
+    vector: np.ndarray | None
     filter: qm.Filter
     limit: int
     score_threshold: float | None = None
     with_payload: bool | list[str] = True
     hnsw_ef: int | None = None
+    mode: Mode = "dense"
+    sparse: Sparse | None = None
+    fusion: Fusion = "rrf"
+    weights: tuple[float, float] | None = None
+    diversity: float | None = None
+    candidates: int | None = None
+    idf_corpus: qm.Filter | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +92,8 @@ class Backend(Protocol):
 
     # --- physical collections ---------------------------------------------------------------------
     def create(self, physical: str, layout: Layout, indexes: Mapping[str, str]) -> None:
-        """A new physical collection: the layout's dimension, distance, storage and quantization."""
+        """A new physical collection: the layout's dimension, distance, storage, quantization and (with
+        `layout.sparse == "bm25"`) a sparse vector named `SPARSE_VECTOR` with the IDF modifier."""
 
     def drop(self, physical: str) -> None: ...
 
@@ -71,11 +103,13 @@ class Backend(Protocol):
         """Point an operator-facing alias at `physical` (None: remove it). No read path uses aliases."""
 
     # --- points -----------------------------------------------------------------------------------
-    def upsert(self, physical: str, points: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None: ...
+    def upsert(self, physical: str, points: Sequence[Row]) -> None:
+        """Insert or replace whole points; a row's sparse vector (4th item) is optional."""
 
     def delete(self, physical: str, flt: qm.Filter) -> None: ...
 
-    def retrieve(self, physical: str, ids: Sequence[str], with_vectors: bool) -> list[Record]: ...
+    def retrieve(self, physical: str, ids: Sequence[str], with_vectors: bool) -> list[Record]:
+        """With `with_vectors`, records carry the dense vector and, where the point has one, the sparse."""
 
     def query(self, physical: str, search: Search) -> list[Record]: ...
 

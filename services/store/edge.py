@@ -38,16 +38,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qdrant_client import models as qm
 
 from services.errors import ConfigError, EmbedfleetError
-from services.store.backend import Page, Record, Search
-from services.store.edge_shard import EdgeHit, EdgeRecord, EdgeShard, EdgeSpec
+from services.store.backend import RRF_K, SPARSE_VECTOR, Page, Record, Row, Search
+from services.store.edge_shard import SPARSE, EdgeHit, EdgeRecord, EdgeShard, EdgeSpec
 from services.store.metadb import MetaDB
 from services.store.records import Layout
 
 log = logging.getLogger("embedfleet.store")
+assert SPARSE == SPARSE_VECTOR  # one name for the sparse vector on both engines
 RETIRE_AFTER_S = 5.0  # an old generation's handle stays open this long for reads that already hold it
 
 
@@ -87,6 +87,7 @@ def _edge_spec(spec: Layout, tuning: EdgeTuning) -> EdgeSpec:
         distance=spec.distance,  # type: ignore[arg-type]
         on_disk=spec.on_disk,
         quantization=spec.quantization,  # type: ignore[arg-type]
+        bm25=spec.sparse == "bm25",
         indexing_threshold_kb=1,  # we decide when to optimize; when we do, index everything
         search_threads=1,
         hnsw_m=tuning.hnsw_m,
@@ -96,7 +97,7 @@ def _edge_spec(spec: Layout, tuning: EdgeTuning) -> EdgeSpec:
 
 
 def _record(r: EdgeRecord | EdgeHit) -> Record:
-    return Record(r.id, dict(r.payload or {}), r.vector, getattr(r, "score", None))
+    return Record(r.id, dict(r.payload or {}), r.vector, getattr(r, "score", None), r.sparse)
 
 
 class EdgeBackend:
@@ -222,7 +223,7 @@ class EdgeBackend:
             apply(shard.edge)
             self._recorded(shard, op, arg)
 
-    def upsert(self, physical: str, points: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+    def upsert(self, physical: str, points: Sequence[Row]) -> None:
         batch = list(points)
         self._write(physical, "upsert", batch, lambda edge: _upsert(edge, batch))
         shard = self._shards.get(physical)
@@ -240,17 +241,63 @@ class EdgeBackend:
 
     def query(self, physical: str, search: Search) -> list[Record]:
         shard = self._shard(physical)
+        edge, s = shard.edge, search
         quantized = shard.spec.quantization != "none"
-        hits = shard.edge.query(
-            search.vector,
-            search.filter,
-            limit=search.limit,
-            score_threshold=search.score_threshold,
-            with_payload=search.with_payload,
-            hnsw_ef=search.hnsw_ef or self.tuning.hnsw_ef,
-            rescore=True if quantized else None,
-            oversampling=self.tuning.rescore_oversampling if quantized else None,
-        )
+        dense: dict[str, Any] = {
+            "hnsw_ef": s.hnsw_ef or self.tuning.hnsw_ef,
+            "rescore": True if quantized else None,
+            "oversampling": self.tuning.rescore_oversampling if quantized else None,
+        }
+        if s.mode == "sparse":
+            assert s.sparse is not None
+            hits = edge.query_sparse(
+                s.sparse,
+                s.filter,
+                s.limit,
+                s.with_payload,
+                score_threshold=s.score_threshold,
+                idf_corpus=s.idf_corpus,
+            )
+        elif s.mode == "hybrid":
+            assert s.vector is not None and s.sparse is not None
+            hits = edge.hybrid(
+                s.vector,
+                s.sparse,
+                s.filter,
+                s.limit,
+                fusion=s.fusion,
+                rrf_k=RRF_K,
+                weights=s.weights,
+                prefetch_limit=s.candidates,
+                with_payload=s.with_payload,
+                score_threshold=s.score_threshold,
+                idf_corpus=s.idf_corpus,
+                diversity=s.diversity,
+                candidates=s.candidates,
+                **dense,
+            )
+        elif s.diversity is not None:
+            assert s.vector is not None
+            hits = edge.mmr(
+                s.vector,
+                s.filter,
+                s.limit,
+                s.diversity,
+                s.candidates or s.limit,
+                s.with_payload,
+                score_threshold=s.score_threshold,
+                **dense,
+            )
+        else:
+            assert s.vector is not None
+            hits = edge.query(
+                s.vector,
+                s.filter,
+                limit=s.limit,
+                score_threshold=s.score_threshold,
+                with_payload=s.with_payload,
+                **dense,
+            )
         return [_record(h) for h in hits]
 
     def scroll(self, physical: str, page: Page) -> tuple[list[Record], str | None]:
@@ -397,8 +444,8 @@ class EdgeBackend:
         self._lockfile.close()
 
 
-def _upsert(edge: EdgeShard, points: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
-    edge.upsert([(pid, vec, payload) for pid, vec, payload in points])
+def _upsert(edge: EdgeShard, points: Sequence[Row]) -> None:
+    edge.upsert([(pid, vec, payload, *rest) for pid, vec, payload, *rest in points])
 
 
 def _replay(edge: EdgeShard, op: str, arg: Any) -> None:

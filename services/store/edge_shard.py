@@ -19,6 +19,9 @@ Behaviours that surprised us (measured on 2 vCPU; details in docs/qdrant-edge-no
 * A second `load` of an open directory fails (WAL lock, `WouldBlock`), in-process or from another process.
   With `wal=False` there is no lock: a second open succeeds and the writes of one of them are lost.
 * Edge stores NaN vectors and sparse vectors with duplicate indices; this module rejects both.
+* Collection-wide IDF still counts replaced and deleted points until `optimize()`; an IDF corpus filter
+  (`idf_corpus`) gives live statistics, the same as a Qdrant server's. MMR on the sparse vector fails
+  ("vector data config for vector bm25 not found"); MMR over a fused prefetch works.
 """
 
 from __future__ import annotations
@@ -473,19 +476,31 @@ class EdgeShard:
             )
         )
 
+    @staticmethod
+    def _idf(corpus: qm.Filter | None) -> qe.SearchParams | None:
+        """IDF statistics over the points matching `corpus` (None: the whole shard, which counts replaced
+        and deleted points until `optimize()` drops them)."""
+        return None if corpus is None else qe.SearchParams(idf=qe.IdfParams(corpus=_filter(corpus)))
+
     def query_sparse(
         self,
         sparse: tuple[Sequence[int], Sequence[float]],
         flt: qm.Filter | None = None,
         limit: int = 10,
         with_payload: bool | Sequence[str] = True,
+        *,
+        score_threshold: float | None = None,
+        idf_corpus: qm.Filter | None = None,
     ) -> list[EdgeHit]:
-        """Sparse (BM25 with IDF) search; points sharing no token with the query are not returned."""
+        """Sparse (BM25 with IDF) search; points sharing no token with the query are not returned.
+        `idf_corpus` scopes the IDF statistics (see `_idf`)."""
         return self._run(
             qe.QueryRequest(
                 limit=limit,
                 query=qe.Query.Nearest(self._sparse(sparse), using=SPARSE),
                 filter=edge_filter(flt),
+                score_threshold=score_threshold,
+                params=self._idf(idf_corpus),
                 with_payload=_payload_arg(with_payload),
             )
         )
@@ -502,29 +517,59 @@ class EdgeShard:
         prefetch_limit: int | None = None,
         with_payload: bool | Sequence[str] = True,
         exact: bool = False,
+        *,
+        score_threshold: float | None = None,
+        idf_corpus: qm.Filter | None = None,
+        hnsw_ef: int | None = None,
+        rescore: bool | None = None,
+        oversampling: float | None = None,
+        diversity: float | None = None,
+        candidates: int | None = None,
     ) -> list[EdgeHit]:
-        """Dense and sparse prefetch fused by RRF (server default k=2; score of rank r (0-based) with weight w
-        is 1 / ((r + 1) / w + k - 1)) or DBSF. `weights` are (dense, sparse). `flt` applies to both stages."""
+        """Dense and sparse prefetch (`prefetch_limit` each) fused by RRF (server default k=2; score of rank r
+        (0-based) with weight w is 1 / ((r + 1) / w + k - 1)) or DBSF. `weights` are (dense, sparse). `flt`
+        applies to both stages. With `diversity`, MMR on the dense vector reorders the `candidates` best
+        fused points (its scores are the dense similarities)."""
+        dense = self._dense(vector).tolist()
         per_stage = prefetch_limit or 4 * limit
-        params = self._params(exact, None, None, None)
         stages = [
-            qe.Prefetch(limit=per_stage, query=qe.Query.Nearest(self._dense(vector).tolist()), params=params),
-            qe.Prefetch(limit=per_stage, query=qe.Query.Nearest(self._sparse(sparse), using=SPARSE)),
+            qe.Prefetch(
+                limit=per_stage,
+                query=qe.Query.Nearest(dense),
+                params=self._params(exact, hnsw_ef, rescore, oversampling),
+            ),
+            qe.Prefetch(
+                limit=per_stage,
+                query=qe.Query.Nearest(self._sparse(sparse), using=SPARSE),
+                params=self._idf(idf_corpus),
+            ),
         ]
         fuse: Any = (
             qe.Fusion.Dbsf()
             if fusion == "dbsf"
             else qe.Fusion.Rrf(k=rrf_k, weights=list(weights) if weights else None)
         )
+        query: Any = fuse
+        if diversity is not None:
+            pool = max(candidates or per_stage, limit)
+            stages = [qe.Prefetch(limit=pool, prefetches=stages, query=fuse)]
+            query = self._mmr_query(dense, diversity, pool)
         return self._run(
             qe.QueryRequest(
                 limit=limit,
                 prefetches=stages,
-                query=fuse,
+                query=query,
                 filter=edge_filter(flt),
+                score_threshold=score_threshold,
                 with_payload=_payload_arg(with_payload),
             )
         )
+
+    @staticmethod
+    def _mmr_query(dense: list[float], diversity: float, candidates: int) -> qe.Mmr:
+        if not 0.0 <= diversity <= 1.0:
+            raise InvalidInput("diversity must be within [0, 1]", field="diversity")
+        return qe.Mmr(dense, lambda_=1.0 - diversity, candidates_limit=candidates)
 
     def mmr(
         self,
@@ -534,17 +579,24 @@ class EdgeShard:
         diversity: float = 0.5,
         candidates: int = 100,
         with_payload: bool | Sequence[str] = True,
+        *,
+        score_threshold: float | None = None,
+        hnsw_ef: int | None = None,
+        rescore: bool | None = None,
+        oversampling: float | None = None,
     ) -> list[EdgeHit]:
         """Maximal marginal relevance with the server's `diversity` (Edge's lambda_ = 1 - diversity); scores
-        are the plain similarities, the order is MMR's."""
-        if not 0.0 <= diversity <= 1.0:
-            raise InvalidInput("diversity must be within [0, 1]", field="diversity")
-        query = qe.Mmr(
-            self._dense(vector).tolist(), lambda_=1.0 - diversity, candidates_limit=max(candidates, limit)
-        )
+        are the plain similarities, the order is MMR's. `score_threshold` bounds the candidates'
+        similarity."""
+        query = self._mmr_query(self._dense(vector).tolist(), diversity, max(candidates, limit))
         return self._run(
             qe.QueryRequest(
-                limit=limit, query=query, filter=edge_filter(flt), with_payload=_payload_arg(with_payload)
+                limit=limit,
+                query=query,
+                filter=edge_filter(flt),
+                score_threshold=score_threshold,
+                params=self._params(False, hnsw_ef, rescore, oversampling),
+                with_payload=_payload_arg(with_payload),
             )
         )
 

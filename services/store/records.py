@@ -16,14 +16,21 @@ import numpy as np
 
 from services.errors import StaleTarget
 
+Sparse = tuple[list[int], list[float]]
+"""A sparse vector as (indices, values): what `services.store.bm25_document` / `bm25_query` return."""
+SPARSE_KINDS: tuple[str, ...] = ("none", "bm25")
+
 
 class PointIn(NamedTuple):
-    """One document to write. `source` is what re-embedding needs: {"text": str} or {"image": digest}."""
+    """One document to write. `source` is what re-embedding needs: {"text": str} or {"image": digest}.
+    `sparse` is the document's BM25 vector (`bm25_document(text)`), for collections whose layout has
+    `sparse="bm25"`; None writes the point without one (sparse and hybrid search then never find it)."""
 
     doc_id: str
     vector: Sequence[float] | np.ndarray
     payload: Mapping[str, Any] | None = None
     source: Mapping[str, Any] | None = None
+    sparse: tuple[Sequence[int], Sequence[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,15 @@ class StoredPoint:
     source: dict[str, Any] | None = None
     score: float | None = None
     vector: list[float] | None = None
+    sparse: Sparse | None = None  # with vectors asked, on a bm25 collection, for points that have one
 
 
 @dataclass(frozen=True)
 class Layout:
-    """What a physical collection holds (one model version's vectors) and how it stores them."""
+    """What a physical collection holds (one model version's vectors) and how it stores them.
+
+    `sparse="bm25"` adds a sparse vector named `bm25` with the IDF modifier beside the dense one: what
+    `VectorStore.search(mode="sparse" | "hybrid")` needs."""
 
     model: str
     version: str
@@ -47,6 +58,7 @@ class Layout:
     distance: str = "cosine"
     on_disk: bool = False
     quantization: str = "none"
+    sparse: str = "none"
 
 
 @dataclass(frozen=True)
@@ -61,11 +73,18 @@ class PhysicalInfo:
     on_disk: bool
     quantization: str
     created_at: str
+    sparse: str = "none"  # records written before sparse vectors existed have none
 
     @property
     def layout(self) -> Layout:
         return Layout(
-            self.model, self.version, self.dimension, self.distance, self.on_disk, self.quantization
+            self.model,
+            self.version,
+            self.dimension,
+            self.distance,
+            self.on_disk,
+            self.quantization,
+            self.sparse,
         )
 
 
@@ -129,6 +148,7 @@ class CollectionInfo:
             "distance": cur.distance,
             "on_disk": cur.on_disk,
             "quantization": cur.quantization,
+            "sparse": cur.sparse,
             "status": self.status,
             "created_at": self.created_at,
             "points_count": self.points_count,

@@ -7,7 +7,16 @@ so every replica and worker sees the same state with no local files.
 
 Local mode (`QdrantClient(path=...)`) is a Python emulation: brute-force search, quantization and HNSW
 settings accepted and ignored, one owning process, not safe for concurrent threads (a lock serialises
-it). It exists here so the server API is exercised without a server binary.
+it). It exists here so the server API is exercised without a server binary. qdrant-client 1.20's local
+mode implements everything `query` sends: the IDF modifier, sparse queries with a corpus-scoped IDF,
+prefetch with the top-level filter propagated to every stage, `RrfQuery(Rrf(k, weights))`, DBSF and
+`NearestQuery(mmr=Mmr(diversity, candidates_limit))` over plain or fused candidates, with the server's
+formulas (tests/congruence compares them with Qdrant Edge).
+
+A remote server must be new enough for what a search asks (`SERVER_FEATURES`): MMR needs Qdrant 1.15;
+sparse and hybrid search need 1.19 (IDF statistics scoped to the tenant's points; `RrfQuery` with an
+explicit k came in 1.16, its weights in 1.17). An older server gets a clear 400 naming the version
+instead of an opaque engine error.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from services.store.backend import Page, Record, Search
-from services.store.records import Layout
+from services.errors import InvalidInput
+from services.store.backend import RRF_K, SPARSE_VECTOR, Page, Record, Row, Search
+from services.store.records import Layout, Sparse
 
 META_COLLECTION = "ef_meta"
 QUERY_LOG_COLLECTION = "ef_querylog"
@@ -45,19 +55,50 @@ def _quantization(quantization: str) -> qm.QuantizationConfig | None:
     return None
 
 
+# feature: (oldest Qdrant server version that has it, what it is for the error message)
+SERVER_FEATURES: dict[str, tuple[tuple[int, int], str, str]] = {
+    "mmr": ((1, 15), "diversity (MMR)", "diversity"),
+    "sparse": ((1, 19), "sparse and hybrid search (tenant-scoped IDF)", "mode"),
+}
+
+
 def _record(r: qm.Record | qm.ScoredPoint, with_vectors: bool = False) -> Record:
-    vector = None
-    if with_vectors and isinstance(r.vector, list):  # the unnamed dense vector: a flat list of floats
-        vector = [float(v) for v in r.vector if isinstance(v, int | float)]
-    return Record(str(r.id), dict(r.payload or {}), vector, getattr(r, "score", None))
+    vector: list[float] | None = None
+    sparse: Sparse | None = None
+    raw: Any = r.vector if with_vectors else None
+    if isinstance(raw, dict):  # named form: the collection has a sparse vector too
+        sv = raw.get(SPARSE_VECTOR)
+        if isinstance(sv, qm.SparseVector):
+            sparse = ([int(i) for i in sv.indices], [float(v) for v in sv.values])
+        raw = raw.get("")
+    if isinstance(raw, list):  # the unnamed dense vector: a flat list of floats
+        vector = [float(v) for v in raw if isinstance(v, int | float)]
+    return Record(str(r.id), dict(r.payload or {}), vector, getattr(r, "score", None), sparse)
+
+
+def _vector(vec: np.ndarray, sparse: Sparse | None) -> Any:
+    if sparse is None:
+        return vec.tolist()
+    return {"": vec.tolist(), SPARSE_VECTOR: qm.SparseVector(indices=list(sparse[0]), values=list(sparse[1]))}
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    parts = text.lstrip("v").split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
 
 
 class ServerBackend:
     kind = "server"
 
-    def __init__(self, client: QdrantClient, *, serialize: bool = False) -> None:
-        """`serialize` holds one lock around every call: local mode is not safe for concurrent threads."""
+    def __init__(self, client: QdrantClient, *, serialize: bool = False, local: bool = False) -> None:
+        """`serialize` holds one lock around every call: local mode is not safe for concurrent threads.
+        `local`: the client is qdrant-client's local mode (it implements every search feature)."""
         self.client = client
+        self._local = local
+        self._server_version: tuple[int, int] | None = None
         self._io: AbstractContextManager[Any] = threading.RLock() if serialize else nullcontext()
         self._tables: set[str] = set()  # key-value tables known to exist: checked once per process
         self._table(META_COLLECTION, "tenant")
@@ -70,7 +111,28 @@ class ServerBackend:
     def local(cls, path: str) -> ServerBackend:
         # the gateway calls from a thread pool: local mode is plain dicts over sqlite, whose same-thread
         # check (on where sqlite is not built thread-safe) would refuse; the lock serialises instead
-        return cls(QdrantClient(path=path, force_disable_check_same_thread=True), serialize=True)
+        return cls(QdrantClient(path=path, force_disable_check_same_thread=True), serialize=True, local=True)
+
+    def _require(self, feature: str) -> None:
+        """400 naming the Qdrant version a feature needs when the server is older (asked once)."""
+        if self._local:
+            return
+        if self._server_version is None:
+            try:
+                with self._io:
+                    found = _version(self.client.info().version)
+            except Exception:
+                return  # cannot tell: let the server answer for itself
+            if found is None:
+                return
+            self._server_version = found
+        needed, what, field = SERVER_FEATURES[feature]
+        if self._server_version < needed:
+            have = ".".join(map(str, self._server_version))
+            raise InvalidInput(
+                f"{what} needs a Qdrant server {needed[0]}.{needed[1]} or newer; this one is {have}",
+                field=field,
+            )
 
     def _table(self, collection: str, key: str) -> None:
         """A key-value table with a keyword index on `key`; a constant 1-d vector because older servers
@@ -99,6 +161,9 @@ class ServerBackend:
                     size=spec.dimension, distance=DISTANCES[spec.distance], on_disk=spec.on_disk
                 ),
                 quantization_config=_quantization(spec.quantization),
+                sparse_vectors_config={SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)}
+                if spec.sparse == "bm25"
+                else None,
             )
             for key, schema in indexes.items():
                 self.client.create_payload_index(physical, key, qm.PayloadSchemaType(schema), wait=True)
@@ -128,9 +193,10 @@ class ServerBackend:
                 self.client.update_collection_aliases(ops)
 
     # --- points -----------------------------------------------------------------------------------
-    def upsert(self, physical: str, points: Sequence[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+    def upsert(self, physical: str, points: Sequence[Row]) -> None:
         structs = [
-            qm.PointStruct(id=pid, vector=vec.tolist(), payload=payload) for pid, vec, payload in points
+            qm.PointStruct(id=pid, vector=_vector(vec, rest[0] if rest else None), payload=payload)
+            for pid, vec, payload, *rest in points
         ]
         with self._io:
             for start in range(0, len(structs), WRITE_BATCH):
@@ -146,15 +212,54 @@ class ServerBackend:
         return [_record(r, with_vectors) for r in records]
 
     def query(self, physical: str, search: Search) -> list[Record]:
-        params = qm.SearchParams(hnsw_ef=search.hnsw_ef) if search.hnsw_ef else None
+        s = search
+        dense_params = qm.SearchParams(hnsw_ef=s.hnsw_ef) if s.hnsw_ef else None
+        idf = qm.SearchParams(idf=qm.IdfCorpusParams(corpus=s.idf_corpus)) if s.idf_corpus else None
+        dense = s.vector.tolist() if s.vector is not None else None
+        sparse = qm.SparseVector(indices=list(s.sparse[0]), values=list(s.sparse[1])) if s.sparse else None
+        if s.diversity is not None:
+            self._require("mmr")
+        query: Any
+        prefetch: list[qm.Prefetch] | None = None
+        using: str | None = None
+        params = dense_params
+        if s.mode == "sparse":
+            self._require("sparse")
+            query, using, params = sparse, SPARSE_VECTOR, idf
+        elif s.mode == "hybrid":
+            self._require("sparse")
+            per_stage = s.candidates or 4 * s.limit
+            prefetch = [
+                qm.Prefetch(query=dense, limit=per_stage, params=dense_params),
+                qm.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=per_stage, params=idf),
+            ]
+            fusion: qm.Query = (
+                qm.FusionQuery(fusion=qm.Fusion.DBSF)
+                if s.fusion == "dbsf"
+                else qm.RrfQuery(rrf=qm.Rrf(k=RRF_K, weights=list(s.weights) if s.weights else None))
+            )
+            query, params = fusion, None
+            if s.diversity is not None:
+                pool = max(s.candidates or per_stage, s.limit)
+                prefetch = [qm.Prefetch(prefetch=prefetch, query=fusion, limit=pool)]
+                query = qm.NearestQuery(
+                    nearest=dense, mmr=qm.Mmr(diversity=s.diversity, candidates_limit=pool)
+                )
+        elif s.diversity is not None:
+            pool = max(s.candidates or s.limit, s.limit)
+            query = qm.NearestQuery(nearest=dense, mmr=qm.Mmr(diversity=s.diversity, candidates_limit=pool))
+        else:
+            query = dense
         with self._io:
             hits = self.client.query_points(
                 physical,
-                query=search.vector.tolist(),
-                query_filter=search.filter,
-                limit=search.limit,
-                with_payload=search.with_payload,
-                score_threshold=search.score_threshold,
+                query=query,
+                prefetch=prefetch,
+                using=using,
+                query_filter=s.filter,
+                limit=s.limit,
+                with_payload=s.with_payload,
+                score_threshold=s.score_threshold,
                 search_params=params,
             ).points
         return [_record(h) for h in hits]

@@ -2,9 +2,10 @@
 data directory (qdrant-client's `QdrantClient(path=...)`, the embedded store before Qdrant Edge) moves to
 Edge, or an embedded store to a Qdrant server (`embedfleet store copy`).
 
-Physical collections keep their names, specs and payload indexes; points keep their ids, vectors and
-payloads (tenant and doc-id keys included); collection records (migration state too) and the query log
-are copied last, so the target serves a collection only once all its vectors are there.
+Physical collections keep their names, specs (a BM25 sparse vector too) and payload indexes; points keep
+their ids, dense and sparse vectors and payloads (tenant and doc-id keys included); collection records
+(migration state too) and the query log are copied last, so the target serves a collection only once all
+its vectors are there.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def copy_store(src: Backend, dst: Backend, progress: Callable[[str, int], None] 
             copied, offset = 0, None
             while True:
                 page, offset = src.scroll(phys.name, Page(EVERYTHING, PAGE, offset, True, True))
-                dst.upsert(phys.name, [(r.id, _vector(r.vector, phys.name), r.payload) for r in page])
+                dst.upsert(
+                    phys.name, [(r.id, _vector(r.vector, phys.name), r.payload, r.sparse) for r in page]
+                )
                 copied += len(page)
                 if progress is not None:
                     progress(phys.name, copied)

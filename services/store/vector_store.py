@@ -16,6 +16,7 @@ record through a Qdrant server are last-writer-wins.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -27,9 +28,13 @@ from qdrant_client import models as qm
 from services.errors import Conflict, Inconsistent, InvalidInput, NotFound, StaleTarget
 from services.store.backend import (
     DISTANCES,
+    FUSIONS,
     INDEX_SCHEMAS,
+    MODES,
     QUANTIZATIONS,
     Backend,
+    Fusion,
+    Mode,
     Page,
     Record,
     Search,
@@ -54,10 +59,22 @@ from services.store.names import (
     validate_payload,
     validate_source,
 )
-from services.store.records import CollectionInfo, Layout, PhysicalInfo, PointIn, StoredPoint
+from services.store.records import (
+    SPARSE_KINDS,
+    CollectionInfo,
+    Layout,
+    PhysicalInfo,
+    PointIn,
+    Sparse,
+    StoredPoint,
+)
 
 T = TypeVar("T")
 REPLANS = 4  # metadata re-reads a delete makes while physicals appear under it
+MAX_CANDIDATES = 2000  # points one stage of a hybrid or diversity search may consider
+DEFAULT_CANDIDATES = 50  # ... by default at least this many, and 4 x top_k
+TIE_MARGIN = 16  # extra points a sparse or fused search fetches so ties at the cut break by id, not by engine
+MAX_SPARSE_INDEX = 2**32  # sparse indices are u32 on both engines (BM25's are token hashes)
 
 
 def _vectors(vectors: Sequence[Any] | np.ndarray, dimension: int, physical: str) -> np.ndarray:
@@ -74,6 +91,31 @@ def _vectors(vectors: Sequence[Any] | np.ndarray, dimension: int, physical: str)
     return arr
 
 
+def _sparse(value: Any, what: str) -> Sparse:
+    """A sparse vector as (indices, values): unique indices in [0, 2^32), one finite value each. 400
+    (field `sparse`) otherwise."""
+    try:
+        raw_indices, raw_values = value
+        indices, values = list(raw_indices), [float(v) for v in raw_values]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be (indices, values)", field="sparse") from None
+    if not all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in indices):
+        raise InvalidInput(f"{what} indices must be integers", field="sparse")
+    indices = [int(i) for i in indices]
+    if len(indices) != len(values):
+        raise InvalidInput(f"{what} needs one value per index", field="sparse")
+    if len(set(indices)) != len(indices) or not all(0 <= i < MAX_SPARSE_INDEX for i in indices):
+        raise InvalidInput(f"{what} indices must be unique and within [0, 2^32)", field="sparse")
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"{what} has non-finite values", field="sparse")
+    return indices, values
+
+
+def _tie_key(record: Record) -> tuple[float, str]:
+    """Best first; equal scores (to 6 significant digits, as both engines compute them) by point id."""
+    return -float(f"{record.score or 0.0:.6g}"), record.id
+
+
 def _to_point(record: Record) -> StoredPoint:
     payload = record.payload
     return StoredPoint(
@@ -82,6 +124,7 @@ def _to_point(record: Record) -> StoredPoint:
         source=payload.get(SOURCE_KEY),
         score=record.score,
         vector=record.vector,
+        sparse=record.sparse,
     )
 
 
@@ -254,6 +297,8 @@ class VectorStore:
             raise InvalidInput(
                 f"quantization must be one of {', '.join(QUANTIZATIONS)}", field="quantization"
             )
+        if layout.sparse not in SPARSE_KINDS:
+            raise InvalidInput(f"sparse must be one of {', '.join(SPARSE_KINDS)}", field="sparse")
         phys = PhysicalInfo(
             name=physical_name(tenant, name, model, version),
             model=model,
@@ -263,6 +308,7 @@ class VectorStore:
             on_disk=bool(layout.on_disk),
             quantization=layout.quantization,
             created_at=now(),
+            sparse=layout.sparse,
         )
         # the tenant condition rides on every request: it must be an index probe
         self.backend.create(phys.name, phys.layout, {TENANT_KEY: "keyword", **indexes})
@@ -347,27 +393,35 @@ class VectorStore:
         points: Sequence[PointIn | tuple[Any, ...]],
         physical: str | None = None,
     ) -> int:
-        """Write documents (idempotent: deterministic ids); returns how many were written."""
+        """Write documents (idempotent: deterministic ids); returns how many were written. A point's
+        `sparse` (its `bm25_document(text)`) needs a collection with `sparse="bm25"` (else 400)."""
         _, phys = self._target(tenant, name, physical)
         try:
             items = [PointIn(*p) for p in points]
         except TypeError:
-            raise InvalidInput("points are (id, vector, payload?, source?)", field="points") from None
+            raise InvalidInput(
+                "points are (id, vector, payload?, source?, sparse?)", field="points"
+            ) from None
         if not items:
             return 0
         doc_ids = [validate_doc_id(p.doc_id) for p in items]
         if len(set(doc_ids)) != len(doc_ids):
             raise InvalidInput("document ids must be unique within one write", field="id")
         vectors = _vectors([p.vector for p in items], phys.dimension, phys.name)
+        sparses: list[Sparse | None] = [
+            None if p.sparse is None else _sparse(p.sparse, "sparse vector") for p in items
+        ]
+        if phys.sparse != "bm25" and any(sv is not None for sv in sparses):
+            raise InvalidInput(f"collection {name!r} has no sparse vectors", field="sparse")
         rows = []
-        for p, vec in zip(items, vectors, strict=True):
+        for p, vec, sv in zip(items, vectors, sparses, strict=True):
             payload = validate_payload(p.payload)
             payload[TENANT_KEY] = tenant
             payload[DOC_ID_KEY] = p.doc_id
             source = validate_source(p.source)
             if source is not None:
                 payload[SOURCE_KEY] = source
-            rows.append((point_id(tenant, name, p.doc_id), vec, payload))
+            rows.append((point_id(tenant, name, p.doc_id), vec, payload, sv))
         self._on_physical(tenant, name, phys.name, self.backend.upsert, rows)
         return len(rows)
 
@@ -430,27 +484,63 @@ class VectorStore:
         self,
         tenant: str,
         name: str,
-        vector: Sequence[float] | np.ndarray,
+        vector: Sequence[float] | np.ndarray | None,
         top_k: int = 10,
         filter: qm.Filter | Mapping[str, Any] | None = None,
         with_payload: bool = True,
         score_threshold: float | None = None,
         physical: str | None = None,
+        *,
+        mode: Mode = "dense",
+        sparse_query: tuple[Sequence[int], Sequence[float]] | None = None,
+        fusion: Fusion | None = None,
+        weights: tuple[float, float] | None = None,
+        diversity: float | None = None,
+        candidates: int | None = None,
     ) -> list[StoredPoint]:
-        """Nearest documents to `vector` within the tenant's points matching `filter`, best first."""
+        """The tenant's documents matching `filter` that best answer the query, best first.
+
+        - `mode="dense"` (default): nearest to `vector` (the query embedding); scores are similarities.
+        - `mode="sparse"`: BM25 with `sparse_query` (`bm25_query(text)`); `vector` is not used (may be
+          None); documents sharing no token with the query are not returned; scores are BM25 scores.
+        - `mode="hybrid"`: a dense and a BM25 stage of `candidates` documents each, both under `filter`,
+          fused by `fusion`: "rrf" (default; k=2, optional `weights` = (dense, sparse) > 0: a document at
+          0-based rank r of a stage of weight w scores 1 / ((r + 1) / w + 1), summed) or "dbsf" (each
+          stage's scores normalised by mean +- 3 sigma, summed).
+        - `diversity` (dense and hybrid): maximal marginal relevance in [0, 1], the server's meaning (0 =
+          pure relevance, plain nearest order), picking `top_k` out of the `candidates` best; scores
+          stay the dense similarities, the order is MMR's.
+
+        Sparse and hybrid modes need a collection with `sparse="bm25"` (else 400, field `mode`). IDF is
+        computed over the collection's live points. Sparse and fused results with equal scores are
+        ordered by point id, so both engines (and repeated calls) agree. `candidates` defaults to
+        max(4 x top_k, 50), at most 2000. Invalid combinations are 400 naming `mode`, `sparse`,
+        `fusion`, `weights`, `diversity` or `candidates`.
+        """
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 0 < top_k <= MAX_TOP_K:
             raise InvalidInput(f"top_k must be in 1..{MAX_TOP_K}", field="top_k")
+        if mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(MODES)}", field="mode")
         flt = parse_filter(filter)
         _, phys = self._target(tenant, name, physical)
-        query = _vectors([vector], phys.dimension, phys.name)[0]
+        options = _search_options(
+            phys, name, mode, sparse_query, fusion, weights, diversity, candidates, top_k
+        )
+        query = None if mode == "sparse" else _vectors([_required(vector)], phys.dimension, phys.name)[0]
+        ranked = mode != "dense" and diversity is None  # sparse or fused: ties broken by point id
         search = Search(
             vector=query,
             filter=tenant_filter(tenant, flt),
-            limit=top_k,
+            limit=top_k + TIE_MARGIN if ranked else top_k,
             score_threshold=score_threshold,
             with_payload=True if with_payload else [DOC_ID_KEY],
+            mode=mode,
+            idf_corpus=tenant_filter(tenant) if mode != "dense" else None,
+            **options,
         )
         hits = self._on_physical(tenant, name, phys.name, self.backend.query, search)
+        if ranked:
+            hits = sorted(hits, key=_tie_key)[:top_k]
         return [_to_point(h) for h in hits]
 
     def scroll(
@@ -487,3 +577,85 @@ class VectorStore:
                 yield [p.id for p in page]
             if offset is None:
                 return
+
+
+def _required(vector: Sequence[float] | np.ndarray | None) -> Sequence[float] | np.ndarray:
+    if vector is None:  # the server embeds the query: a missing vector is its own mistake
+        raise Inconsistent("dense and hybrid search need the query vector")
+    return vector
+
+
+def _search_options(
+    phys: PhysicalInfo,
+    name: str,
+    mode: str,
+    sparse_query: Any,
+    fusion: Any,
+    weights: Any,
+    diversity: Any,
+    candidates: Any,
+    top_k: int,
+) -> dict[str, Any]:
+    """The validated hybrid, sparse and diversity options of a search, as `Search` fields."""
+    out: dict[str, Any] = {}
+    if mode != "dense" and phys.sparse != "bm25":
+        raise InvalidInput(
+            f"mode {mode!r} needs a collection created with sparse vectors (sparse='bm25'); "
+            f"{name!r} has none",
+            field="mode",
+        )
+    if mode == "dense":
+        if sparse_query is not None:
+            raise InvalidInput("sparse_query is used by mode 'sparse' or 'hybrid' only", field="sparse")
+    elif sparse_query is None:
+        raise InvalidInput(f"mode {mode!r} needs a sparse query vector (bm25_query)", field="sparse")
+    else:
+        out["sparse"] = _sparse(sparse_query, "sparse query")
+    if mode != "hybrid" and (fusion is not None or weights is not None):
+        raise InvalidInput(
+            "fusion and weights apply to mode 'hybrid' only",
+            field="fusion" if fusion is not None else "weights",
+        )
+    if fusion is not None and fusion not in FUSIONS:
+        raise InvalidInput(f"fusion must be one of {', '.join(FUSIONS)}", field="fusion")
+    out["fusion"] = fusion or "rrf"
+    if weights is not None:
+        if out["fusion"] != "rrf":
+            raise InvalidInput("weights apply to fusion 'rrf' only", field="weights")
+        try:
+            pair = tuple(float(w) for w in weights)
+        except (TypeError, ValueError):
+            pair = ()
+        if (
+            len(pair) != 2
+            or any(isinstance(w, bool) for w in weights)
+            or not all(math.isfinite(w) and w > 0 for w in pair)
+        ):
+            raise InvalidInput("weights must be two positive numbers: (dense, sparse)", field="weights")
+        out["weights"] = pair
+    if diversity is not None:
+        if mode == "sparse":
+            raise InvalidInput(
+                "diversity (MMR) works on the dense vector: use mode 'dense' or 'hybrid'", field="diversity"
+            )
+        if (
+            not isinstance(diversity, int | float)
+            or isinstance(diversity, bool)
+            or not 0.0 <= diversity <= 1.0
+        ):
+            raise InvalidInput("diversity must be a number in [0, 1]", field="diversity")
+        out["diversity"] = float(diversity)
+    if candidates is not None:
+        if mode != "hybrid" and diversity is None:
+            raise InvalidInput("candidates apply to hybrid and diversity searches only", field="candidates")
+        if (
+            not isinstance(candidates, int)
+            or isinstance(candidates, bool)
+            or not top_k <= candidates <= MAX_CANDIDATES
+        ):
+            raise InvalidInput(
+                f"candidates must be an integer in top_k..{MAX_CANDIDATES}", field="candidates"
+            )
+    if mode == "hybrid" or diversity is not None:
+        out["candidates"] = candidates or min(max(4 * top_k, DEFAULT_CANDIDATES), MAX_CANDIDATES)
+    return out

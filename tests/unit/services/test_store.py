@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from unittest.mock import MagicMock
 
 import numpy as np
 import pytest
@@ -17,17 +20,22 @@ from services.errors import Conflict, EmbedfleetError, Inconsistent, InvalidInpu
 from services.store import (
     DOC_ID_KEY,
     TENANT_KEY,
+    CollectionInfo,
     EdgeBackend,
     Layout,
+    Mode,
     PointIn,
     ServerBackend,
     StoreLocked,
     VectorStore,
     alias_name,
+    bm25_document,
+    bm25_query,
     open_store,
     parse_filter,
     point_id,
 )
+from services.store.backend import Search
 from services.store.edge import EdgeTuning
 
 DIM = 8
@@ -488,3 +496,240 @@ def test_search_top_k_equals_brute_force_cosine(store: VectorStore) -> None:
         hits = store.search(A, "exact", q, top_k=k, with_payload=False)
         assert [int(h.id) for h in hits] == expected.tolist()
         np.testing.assert_allclose([h.score for h in hits], scores[expected], atol=1e-5)
+
+
+# --- sparse (BM25) and hybrid search, diversity ----------------------------------------------------
+
+SENTENCES = [
+    "The gateway answers ERR_4xx_TOKEN when an API key has expired.",
+    "Call parse_filter() to validate a caller's filter before searching.",
+    "Tokens are counted by the batcher before a batch is sent.",
+    "An expired key yields a 401 error from the gateway.",
+    "Foxes are clever animals that live in forests.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Search results are fused with reciprocal rank fusion.",
+    "Each tenant's collections live in their own physical collections.",
+]
+
+
+@pytest.fixture
+def texts(store: VectorStore) -> VectorStore:
+    """Tenant A's `texts` (bm25) holds SENTENCES with random dense vectors (seeds 100 + i)."""
+    store.create_collection(A, "texts", Layout("minilm", "1", DIM, sparse="bm25"))
+    store.upsert(
+        A,
+        "texts",
+        [
+            PointIn(f"s{i}", _vec(100 + i), {"i": i}, {"text": t}, bm25_document(t))
+            for i, t in enumerate(SENTENCES)
+        ],
+    )
+    return store
+
+
+def test_an_exact_identifier_ranks_its_document_first_with_sparse_and_hybrid(texts: VectorStore) -> None:
+    query = _vec(105)  # the dense query is document s5's own vector: dense search knows nothing of tokens
+    sq = bm25_query("ERR_4xx_TOKEN")
+    assert texts.search(A, "texts", query, top_k=3)[0].id == "s5"
+    sparse = texts.search(A, "texts", None, top_k=3, mode="sparse", sparse_query=sq)
+    assert sparse[0].id == "s0" and (sparse[0].score or 0.0) > (sparse[1].score or 0.0)
+    assert {h.id for h in sparse} <= {"s0", "s2"}  # only documents sharing a token ("token") come back
+    views = []
+    for weights in (None, (1.0, 1.0), (1.0, 3.0)):
+        hybrid = texts.search(A, "texts", query, top_k=3, mode="hybrid", sparse_query=sq, weights=weights)
+        assert hybrid[0].id == "s0" and "s5" in {h.id for h in hybrid}, weights
+        views.append([(h.id, h.score or 0.0) for h in hybrid])
+    assert views[0] == views[1]  # equal weights are plain RRF
+    # rrf (k=2): s5 is first of the dense stage only, s0 first of the sparse stage and somewhere in the dense
+    assert views[0][0][1] > 0.5 and dict(views[0])["s5"] == pytest.approx(0.5, abs=1e-6)
+    dbsf = texts.search(A, "texts", query, top_k=3, mode="hybrid", sparse_query=sq, fusion="dbsf")
+    assert dbsf[0].id == "s0", [(h.id, h.score) for h in dbsf]
+    # the tenant's and the caller's filters apply to every stage
+    only_odd = {"must": [{"key": "i", "match": {"any": [1, 3, 5, 7]}}]}
+    filtered = texts.search(A, "texts", query, top_k=8, filter=only_odd, mode="hybrid", sparse_query=sq)
+    assert {h.id for h in filtered} == {"s1", "s3", "s5", "s7"}
+
+
+def test_sparse_vectors_are_stored_returned_and_kept_across_a_restart(tmp_path: Path, kind: str) -> None:
+    first = _open(kind, tmp_path)
+    first.create_collection(A, "texts", Layout("minilm", "1", DIM, sparse="bm25"))
+    doc = bm25_document(SENTENCES[0])
+    first.upsert(A, "texts", [PointIn("s0", _vec(0), {}, None, doc), PointIn("plain", _vec(1))])
+    first.close()
+    second = _open(kind, tmp_path)
+    info = second.get_collection(A, "texts")
+    assert info.current.sparse == "bm25" and info.public()["sparse"] == "bm25"
+    got = {p.id: p for p in second.get_points(A, "texts", ["s0", "plain"], with_vectors=True)}
+    assert got["plain"].sparse is None and got["s0"].sparse is not None
+    assert got["s0"].sparse[0] == doc[0]
+    np.testing.assert_allclose(got["s0"].sparse[1], doc[1], rtol=1e-6)
+    page, _ = second.scroll(A, "texts", with_vectors=True)
+    assert {p.id: p.sparse is not None for p in page} == {"s0": True, "plain": False}
+    hits = second.search(A, "texts", None, mode="sparse", sparse_query=bm25_query("token"))
+    assert [h.id for h in hits] == ["s0"]
+    second.close()
+
+
+@pytest.fixture(params=["edge", "server"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_diversity_zero_is_plain_nearest_order_and_more_diversity_reorders(texts: VectorStore) -> None:
+    q = _vec(7)
+    nearest = texts.search(A, "texts", q, top_k=5)
+    same = texts.search(A, "texts", q, top_k=5, diversity=0.0, candidates=8)
+    assert [(h.id, round(h.score or 0, 5)) for h in same] == [(h.id, round(h.score or 0, 5)) for h in nearest]
+    diverse = texts.search(A, "texts", q, top_k=5, diversity=0.9, candidates=8)
+    assert diverse[0].id == nearest[0].id  # MMR starts from the most relevant
+    assert [h.id for h in diverse] != [h.id for h in nearest]
+    scores = {h.id: h.score for h in texts.search(A, "texts", q, top_k=8)}
+    assert all(h.score == pytest.approx(scores[h.id], abs=1e-5) for h in diverse)  # plain similarities
+    hybrid = texts.search(
+        A, "texts", q, top_k=3, mode="hybrid", sparse_query=bm25_query("fox"), diversity=0.0
+    )
+    hybrid_scores = [h.score or 0.0 for h in hybrid]
+    assert hybrid_scores == sorted(hybrid_scores, reverse=True)
+
+
+def test_sparse_results_with_equal_scores_are_ordered_by_point_id(texts: VectorStore) -> None:
+    texts.upsert(
+        A,
+        "texts",
+        [PointIn(f"twin{i}", _vec(200 + i), {}, None, bm25_document("a lazy fox")) for i in range(6)],
+    )
+    hits = texts.search(A, "texts", None, top_k=4, mode="sparse", sparse_query=bm25_query("lazy"))
+    twins = {point_id(A, "texts", f"twin{i}"): f"twin{i}" for i in range(6)}
+    assert [h.id for h in hits] == [twins[p] for p in sorted(twins)][:4]
+    assert len({h.score for h in hits}) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"mode": "lexical"}, "mode"),
+        ({"mode": "sparse"}, "sparse"),
+        ({"mode": "hybrid"}, "sparse"),
+        ({"sparse_query": ([1], [1.0])}, "sparse"),
+        ({"mode": "sparse", "sparse_query": ([1, 1], [1.0, 1.0])}, "sparse"),
+        ({"mode": "sparse", "sparse_query": ([-1], [1.0])}, "sparse"),
+        ({"mode": "sparse", "sparse_query": ([1], [float("nan")])}, "sparse"),
+        ({"mode": "sparse", "sparse_query": ([1, 2], [1.0])}, "sparse"),
+        ({"mode": "sparse", "sparse_query": "fox"}, "sparse"),
+        ({"fusion": "rrf"}, "fusion"),
+        ({"mode": "hybrid", "sparse_query": ([1], [1.0]), "fusion": "max"}, "fusion"),
+        ({"weights": (1.0, 1.0)}, "weights"),
+        ({"mode": "hybrid", "sparse_query": ([1], [1.0]), "weights": (1.0, -1.0)}, "weights"),
+        ({"mode": "hybrid", "sparse_query": ([1], [1.0]), "weights": (1.0, 2.0, 3.0)}, "weights"),
+        ({"mode": "hybrid", "sparse_query": ([1], [1.0]), "weights": "even"}, "weights"),
+        (
+            {"mode": "hybrid", "sparse_query": ([1], [1.0]), "fusion": "dbsf", "weights": (1.0, 2.0)},
+            "weights",
+        ),
+        ({"diversity": 1.5}, "diversity"),
+        ({"diversity": True}, "diversity"),
+        ({"mode": "sparse", "sparse_query": ([1], [1.0]), "diversity": 0.5}, "diversity"),
+        ({"candidates": 50}, "candidates"),
+        ({"diversity": 0.5, "candidates": 2}, "candidates"),
+        ({"mode": "hybrid", "sparse_query": ([1], [1.0]), "candidates": 5000}, "candidates"),
+    ],
+)
+def test_search_options_are_validated_naming_their_field(
+    texts: VectorStore, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        texts.search(A, "texts", _vec(0), top_k=3, **kwargs)
+    assert exc.value.field == field, exc.value.message
+
+
+def test_sparse_needs_a_bm25_collection(seeded: VectorStore) -> None:
+    modes: list[Mode] = ["sparse", "hybrid"]
+    for mode in modes:
+        with pytest.raises(InvalidInput, match="sparse='bm25'") as exc:
+            seeded.search(A, "docs", _vec(0), mode=mode, sparse_query=bm25_query("fox"))
+        assert exc.value.field == "mode"
+    with pytest.raises(InvalidInput) as exc:  # nor can a plain collection store sparse vectors
+        seeded.upsert(A, "docs", [PointIn("d", _vec(0), {}, None, bm25_document("fox"))])
+    assert exc.value.field == "sparse"
+    with pytest.raises(InvalidInput) as exc:
+        seeded.create_collection(A, "splade", Layout("minilm", "1", DIM, sparse="splade"))
+    assert exc.value.field == "sparse"
+    assert seeded.search(A, "docs", _vec(4), top_k=1)[0].id == "doc-4"  # dense is untouched
+
+
+def test_records_written_before_sparse_vectors_read_as_none(store: VectorStore) -> None:
+    info = store.create_collection(A, "old", Layout("minilm", "1", DIM))
+    payload = info.to_payload()
+    for p in payload["physicals"]:
+        del p["sparse"]
+    old = CollectionInfo.from_payload(payload)
+    assert old == info and old.current.layout.sparse == "none"
+
+
+def test_bm25_encoder_is_shared_and_deterministic() -> None:
+    doc, query = bm25_document("Foxes are clever; ERR_4xx_TOKEN!"), bm25_query("fox err_4xx_token")
+    assert doc == bm25_document("Foxes are clever; ERR_4xx_TOKEN!")
+    assert set(query[0]) <= set(doc[0]) and query[1] == [1.0] * len(query[0])  # stemmed, lower-cased
+    assert bm25_query("the and of") == ([], [])
+    with pytest.raises(InvalidInput):
+        bm25_query(None)  # type: ignore[arg-type]
+
+
+def test_edge_index_build_keeps_sparse_vectors(tmp_path: Path) -> None:
+    store = VectorStore(EdgeBackend(tmp_path / "edge", EdgeTuning(flush_ms=0, index_threshold=10**9)))
+    try:
+        store.create_collection(A, "texts", Layout("minilm", "1", DIM, sparse="bm25"))
+        points = [
+            PointIn(f"s{i}", _vec(100 + i), {}, None, bm25_document(t)) for i, t in enumerate(SENTENCES)
+        ]
+        store.upsert(A, "texts", points)
+        sq = bm25_query("clever fox token")
+
+        def view() -> list[tuple[str, float]]:
+            hits = store.search(A, "texts", _vec(1), top_k=5, mode="hybrid", sparse_query=sq)
+            return [(h.id, round(h.score or 0, 5)) for h in hits]
+
+        before = view()
+        backend = store.backend
+        assert isinstance(backend, EdgeBackend)
+        backend.build_index(store.get_collection(A, "texts").physical)
+        assert view() == before
+    finally:
+        store.close()
+
+
+def test_a_qdrant_server_gets_one_request_and_an_old_one_a_clear_400() -> None:
+    """What ServerBackend sends a remote server (local mode accepts more than a server might), and the
+    version an older server is told it needs."""
+    client = MagicMock()
+    client.info.return_value = SimpleNamespace(version="1.12.4")
+    old = ServerBackend(client)
+    corpus = qm.Filter(must=[qm.FieldCondition(key=TENANT_KEY, match=qm.MatchValue(value=A))])
+    base = Search(vector=_vec(0), filter=corpus, limit=3, idf_corpus=corpus)
+    for search, field, version in [
+        (replace(base, mode="sparse", sparse=([1], [1.0])), "mode", "1.19"),
+        (replace(base, mode="hybrid", sparse=([1], [1.0])), "mode", "1.19"),
+        (replace(base, diversity=0.5, candidates=10), "diversity", "1.15"),
+    ]:
+        with pytest.raises(InvalidInput, match=version) as exc:
+            old.query("phys", search)
+        assert exc.value.field == field
+    client.query_points.assert_not_called()
+
+    client.info.return_value = SimpleNamespace(version="1.19.0")
+    new = ServerBackend(client)
+    new.query(
+        "phys",
+        replace(base, mode="hybrid", sparse=([1], [1.0]), weights=(1.0, 3.0), diversity=0.2, candidates=30),
+    )
+    kwargs = client.query_points.call_args.kwargs
+    assert kwargs["query"] == qm.NearestQuery(
+        nearest=base.vector.tolist(),  # type: ignore[union-attr]
+        mmr=qm.Mmr(diversity=0.2, candidates_limit=30),
+    )
+    [fused] = kwargs["prefetch"]
+    assert fused.query == qm.RrfQuery(rrf=qm.Rrf(k=2, weights=[1.0, 3.0])) and fused.limit == 30
+    dense, sparse = fused.prefetch
+    assert dense.using is None and dense.limit == 30
+    assert sparse.using == "bm25" and sparse.params == qm.SearchParams(idf=qm.IdfCorpusParams(corpus=corpus))
+    assert kwargs["query_filter"] == corpus and kwargs["limit"] == 3

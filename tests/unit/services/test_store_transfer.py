@@ -12,7 +12,15 @@ import pytest
 from cli.store import import_local
 from services.config import Settings
 from services.errors import Conflict
-from services.store import EdgeBackend, Layout, PointIn, ServerBackend, VectorStore
+from services.store import (
+    EdgeBackend,
+    Layout,
+    PointIn,
+    ServerBackend,
+    VectorStore,
+    bm25_document,
+    bm25_query,
+)
 from services.store.edge import EdgeTuning
 from services.store.transfer import copy_store
 
@@ -66,3 +74,42 @@ def test_local_mode_is_copied_into_edge_and_answers_the_same(tmp_path: Path) -> 
         assert new.get_collection(A, "docs").points_count == 700
     finally:
         new.close()
+
+
+def test_sparse_vectors_are_copied_and_hybrid_search_answers_the_same(tmp_path: Path) -> None:
+    src = VectorStore(ServerBackend.local(str(tmp_path / "qdrant")))
+    dst = VectorStore(EdgeBackend(tmp_path / "edge", EdgeTuning(flush_ms=0)))
+    try:
+        rng = np.random.default_rng(4)
+        src.create_collection(A, "texts", Layout("m", "1", 8, sparse="bm25"))
+        words = ["fox", "token", "gateway", "filter", "batch", "tenant", "search", "fusion", "store"]
+        # distinct lengths: no two texts tie on BM25, so fused ranks do not depend on an engine's tie order
+        texts = [" ".join(rng.choice(words, size=2 + i)) + f" item{i}" for i in range(40)]
+        src.upsert(
+            A,
+            "texts",
+            [
+                PointIn(f"t{i}", rng.standard_normal(8), {}, None, bm25_document(t))
+                for i, t in enumerate(texts)
+            ]
+            + [PointIn("dense-only", rng.standard_normal(8))],
+        )
+        q, sq = rng.standard_normal(8), bm25_query("fox gateway item7")
+
+        def answers(store: VectorStore) -> list[list[tuple[str, float]]]:
+            runs = [
+                store.search(A, "texts", None, 10, mode="sparse", sparse_query=sq),
+                store.search(A, "texts", q, 10, mode="hybrid", sparse_query=sq),
+            ]
+            return [[(h.id, round(h.score or 0, 4)) for h in hits] for hits in runs]
+
+        before = answers(src)
+        report = copy_store(src.backend, dst.backend)
+        assert report.points == {src.get_collection(A, "texts").physical: 41}
+        assert dst.get_collection(A, "texts").current.sparse == "bm25"
+        assert answers(dst) == before and before[0][0][0] == "t7"
+        [plain] = dst.get_points(A, "texts", ["dense-only"], with_vectors=True)
+        assert plain.sparse is None and plain.vector is not None
+    finally:
+        src.close()
+        dst.close()
