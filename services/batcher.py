@@ -8,6 +8,10 @@ processes.
 Packing (after TEI's queue): the oldest rows form a window in arrival order, the window is sorted by
 length, and the first batch is cut from it under `max_batch_tokens` (counting padding: rows x longest)
 and `max_batch_size`; the rest of the window goes back to the front of the queue, so nothing starves.
+A second, summed budget serves VLM items (a row is an item): `max_batch_patches` bounds the vision
+patches of a batch (the tower runs over all of them, unpadded), while `max_batch_tokens` counts the
+language-model tokens (text + visual, padded); a row that no batch could hold is refused with 413
+(`check_fits`) before it is queued. Text models set neither and behave as before.
 Lanes: `online` is always served before `backfill` (re-embedding during model upgrades). While online
 traffic arrived within the window, `backfill` is also capped at `backfill_share` of the encoder's time
 over a sliding window, in batches cut to that share of a full one: a backfill batch in flight delays the
@@ -23,14 +27,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from services import metrics
-from services.errors import Overloaded
+from services.errors import Overloaded, PayloadTooLarge
 
 LANES = ("online", "backfill")
-Runner = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
+R = TypeVar("R")  # a row: token ids (np.ndarray) for text models, a prepared item for VLM models
+Runner = Callable[[list[R]], Awaitable[np.ndarray]]
 
 
 @dataclass(eq=False)
@@ -65,7 +71,7 @@ class Permit:
 
     __slots__ = ("_batcher", "lane", "n")
 
-    def __init__(self, batcher: Batcher, lane: str, n: int) -> None:
+    def __init__(self, batcher: Batcher[Any], lane: str, n: int) -> None:
         self._batcher, self.lane, self.n = batcher, lane, n
 
     def __enter__(self) -> Permit:
@@ -76,19 +82,20 @@ class Permit:
 
 
 @dataclass(eq=False)
-class _Row:
+class _Row(Generic[R]):
     job: _Job
     index: int
-    data: np.ndarray
+    data: R
     cost: int
+    patches: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-class Batcher:
+class Batcher(Generic[R]):
     def __init__(
         self,
         model: str,
-        run: Runner,
+        run: Runner[R],
         *,
         max_batch_tokens: int,
         max_batch_size: int,
@@ -96,19 +103,23 @@ class Batcher:
         max_queue: int,
         inflight: int = 2,
         retry_after_s: int = 1,
-        cost: Callable[[np.ndarray], int] = len,
+        cost: Callable[[R], int] = len,  # type: ignore[assignment]  # len for token-id rows
+        patch_cost: Callable[[R], int] | None = None,
+        max_batch_patches: int | None = None,
         backfill_share: float = 1.0,
         share_window_s: float = 5.0,
     ) -> None:
         self.model = model
         self.run = run
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_patches = max_batch_patches
+        self.patch_cost = patch_cost
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.cost = cost
-        self.queues: dict[str, deque[_Row]] = {lane: deque() for lane in LANES}
+        self.queues: dict[str, deque[_Row[R]]] = {lane: deque() for lane in LANES}
         self.admitted = dict.fromkeys(LANES, 0)  # inputs holding a permit: queued or in flight
         self._slots = asyncio.Semaphore(inflight)
         self._wakeup = asyncio.Event()
@@ -134,7 +145,24 @@ class Batcher:
         self.admitted[lane] = held + n
         return Permit(self, lane, n)
 
-    async def submit(self, rows: list[np.ndarray], lane: str = "online") -> np.ndarray:
+    def check_fits(self, row: R, field: str, what: str = "input") -> None:
+        """413 naming `field` for a row over a batch's budget (it would otherwise run alone, over it)."""
+        tokens = int(self.cost(row))
+        if tokens > self.max_batch_tokens:
+            raise PayloadTooLarge(
+                f"{what} has {tokens} tokens; a batch holds at most {self.max_batch_tokens}", field=field
+            )
+        patches = self._patches(row)
+        if self.max_batch_patches is not None and patches > self.max_batch_patches:
+            raise PayloadTooLarge(
+                f"{what} has {patches} vision patches; a batch holds at most {self.max_batch_patches}",
+                field=field,
+            )
+
+    def _patches(self, row: R) -> int:
+        return int(self.patch_cost(row)) if self.patch_cost is not None else 0
+
+    async def submit(self, rows: list[R], lane: str = "online") -> np.ndarray:
         """Queue rows (admitted beforehand, see `admit`) and wait for their vectors ([len(rows), dim]).
 
         If the caller is cancelled (client gone), its queued rows are dropped before any work.
@@ -148,7 +176,7 @@ class Batcher:
         job = _Job(len(rows), asyncio.get_running_loop().create_future(), remaining=len(rows))
         now = time.perf_counter()
         for i, data in enumerate(rows):
-            queue.append(_Row(job, i, data, max(int(self.cost(data)), 1), now))
+            queue.append(_Row(job, i, data, max(int(self.cost(data)), 1), self._patches(data), now))
         metrics.QUEUE_DEPTH.labels(self.model, lane).set(len(queue))
         self._wakeup.set()
         try:
@@ -206,8 +234,10 @@ class Batcher:
         done = sum(end - max(start, since) for start, end in self._backfill_runs)
         return done + sum(now - max(start, since) for start in self._backfill_started.values())
 
-    def _full(self, queue: deque[_Row]) -> bool:
+    def _full(self, queue: deque[_Row[R]]) -> bool:
         if len(queue) >= self.max_batch_size:
+            return True
+        if self.max_batch_patches is not None and sum(r.patches for r in queue) >= self.max_batch_patches:
             return True
         longest = max(r.cost for r in queue)
         return longest * (len(queue) + 1) > self.max_batch_tokens
@@ -245,9 +275,9 @@ class Batcher:
             async with asyncio.timeout(seconds):
                 await self._wakeup.wait()
 
-    def _cut(self, lane: str) -> list[_Row]:
+    def _cut(self, lane: str) -> list[_Row[R]]:
         queue = self.queues[lane]
-        window: list[_Row] = []
+        window: list[_Row[R]] = []
         while queue and len(window) < 4 * self.max_batch_size:
             row = queue.popleft()
             if not row.job.cancelled:
@@ -258,18 +288,23 @@ class Batcher:
         scale = self.backfill_share if lane == "backfill" and self._online_recently() else 1.0
         max_rows = max(1, int(self.max_batch_size * scale))
         max_tokens = max(1, int(self.max_batch_tokens * scale))
-        batch: list[_Row] = []
+        max_patches = max(1, int(self.max_batch_patches * scale)) if self.max_batch_patches else None
+        batch: list[_Row[R]] = []
+        patches = 0
         for row in window_sorted:
             longest = batch[0].cost if batch else row.cost
             if batch and (len(batch) >= max_rows or longest * (len(batch) + 1) > max_tokens):
                 break
+            if batch and max_patches is not None and patches + row.patches > max_patches:
+                continue  # a row with fewer patches further down the window may still fit
             batch.append(row)
+            patches += row.patches
         taken = {id(r) for r in batch}
         queue.extendleft(reversed([r for r in window if id(r) not in taken]))
         metrics.QUEUE_DEPTH.labels(self.model, lane).set(len(queue))
         return batch
 
-    async def _dispatch(self, lane: str, batch: list[_Row]) -> None:
+    async def _dispatch(self, lane: str, batch: list[_Row[R]]) -> None:
         now = time.perf_counter()
         if lane == "backfill":
             self._backfill_started[id(batch)] = now

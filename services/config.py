@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     registry_path: Path = Field(PACKAGE_ROOT / "services" / "registry" / "models.yaml")
     model_repository: Path = Field(PACKAGE_ROOT / "model_repository")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["all-minilm-l6-v2", "lit-shapes"], description="models the gateway serves"
+        default_factory=lambda: ["all-minilm-l6-v2", "lit-shapes", "vlm-shapes"],
+        description="models the gateway serves",
     )
     triton_url: str | None = Field(
         None, description="host:port of an external Triton gRPC endpoint; unset = start a local one"
@@ -88,6 +89,9 @@ class Settings(BaseSettings):
         None, description="Qdrant server URL; unset = the embedded Qdrant Edge store under data_dir/edge"
     )
     qdrant_api_key: str | None = None
+    search_max_candidates: int = Field(
+        1000, ge=10, le=2000, description="bound on the pool one hybrid or diversity (MMR) stage considers"
+    )
     store_flush_ms: int = Field(
         1000,
         ge=0,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from services import metrics
-from services.batcher import Batcher, pad_tokens
+from services.batcher import Batcher, Runner, pad_tokens
 from services.cache import EmbeddingCache, cache_key, lookup
 from services.config import Settings
 from services.encoders.base import Encoder
@@ -27,6 +27,7 @@ from services.registry import Kind, ModelSpec, Registry, Side
 from services.templates import Template, resolve
 from services.tokenizer import TextTokenizer, Tokenized, Truncate
 from services.vectors import activate_scores, finish, l2_normalize
+from services.vlm import RAW_TEXT, VlmModel, vlm_batching, vlm_media, vlm_template, vlm_texts
 
 T = TypeVar("T")
 
@@ -72,7 +73,8 @@ class Embedder:
         self.encoder = encoder
         self.cache = cache
         self._tokenizers: dict[str, TextTokenizer] = {}
-        self._batchers: dict[str, Batcher] = {}
+        self._batchers: dict[str, Batcher[Any]] = {}
+        self._vlm: dict[str, VlmModel] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._bound: dict[str, _Counters] = {}
         self.served = registry.served(settings.models)
@@ -92,8 +94,18 @@ class Embedder:
             tok = self._tokenizers[spec.name] = TextTokenizer.for_model(spec)
         return tok
 
-    def batcher(self, spec: ModelSpec) -> Batcher:
+    def vlm_model(self, spec: ModelSpec) -> VlmModel:
+        model = self._vlm.get(spec.name)
+        if model is None:
+            model = self._vlm[spec.name] = VlmModel(spec, self.settings)
+        return model
+
+    def batcher(self, spec: ModelSpec) -> Batcher[Any]:
         b = self._batchers.get(spec.name)
+        if b is None and spec.kind is Kind.vlm:  # a row is an item: language-model tokens and vision patches
+            b = self._batchers[spec.name] = self._new_batcher(
+                spec, **vlm_batching(self.encoder, spec, self.settings)
+            )
         if b is None:
             s = self.settings
             if spec.kind is Kind.image_encoder:
@@ -121,19 +133,31 @@ class Embedder:
                     return await self.encoder.embed_tokens(spec.triton_name, ids, mask)
 
                 cost, tokens = len, min(spec.batching.max_batch_tokens, s.max_batch_tokens)
-            b = self._batchers[spec.name] = Batcher(
-                spec.name,
-                run,
-                max_batch_tokens=tokens,
-                max_batch_size=min(spec.batching.max_batch_size, s.max_batch_size),
-                max_wait_ms=s.max_wait_ms,
-                max_queue=s.max_queue_inputs,
-                inflight=s.inflight_batches,
-                retry_after_s=s.retry_after_s,
-                cost=cost,
-                backfill_share=s.backfill_share,
-            )
+            b = self._batchers[spec.name] = self._new_batcher(spec, run, cost, tokens)
         return b
+
+    def _new_batcher(
+        self,
+        spec: ModelSpec,
+        run: Runner[Any],
+        cost: Callable[[Any], int],
+        tokens: int,
+        **budgets: Any,  # patch_cost, max_batch_patches (vlm)
+    ) -> Batcher[Any]:
+        s = self.settings
+        return Batcher(
+            spec.name,
+            run,
+            max_batch_tokens=tokens,
+            max_batch_size=min(spec.batching.max_batch_size, s.max_batch_size),
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue_inputs,
+            inflight=s.inflight_batches,
+            retry_after_s=s.retry_after_s,
+            cost=cost,
+            backfill_share=s.backfill_share,
+            **budgets,
+        )
 
     def saturated(self) -> bool:
         """Every online lane is at its admission limit: any embedding request would get 429."""
@@ -192,6 +216,10 @@ class Embedder:
         field: str = "input",
     ) -> Embedded:
         outer = self.spec(model)
+        if outer.kind is Kind.vlm:  # text-only items of a VLM (services/vlm.py)
+            vlm = vlm_template(outer, task, side, instruction) if apply_template or instruction else RAW_TEXT
+            out = await vlm_texts(self, outer, texts, vlm, dimensions, normalize, truncate, lane, field)
+            return Embedded(out.vectors, out.tokens, out.truncated, vlm, out.cache_hits)
         spec = self.text_spec(model)
         self.check_dimensions(outer, dimensions)
         norm = spec.normalize if normalize is None else normalize
@@ -202,7 +230,7 @@ class Embedder:
             if token_ids is not None:
                 tokenized = tok.from_ids(token_ids, truncate, field)
                 sources = (
-                    ["ids:" + ",".join(map(str, t)) for t in tokenized.ids] if self._caching(lane) else []
+                    ["ids:" + ",".join(map(str, t)) for t in tokenized.ids] if self.caching(lane) else []
                 )
             else:
                 assert texts is not None
@@ -211,12 +239,12 @@ class Embedder:
                     template = resolve(outer, task, side, instruction)
                     rendered = [template.render(text=t) for t in texts]
                 tokenized = await self._tokenize(tok, rendered, truncate, field)
-                sources = [f"{truncate}\x00{r}" for r in rendered] if self._caching(lane) else []
+                sources = [f"{truncate}\x00{r}" for r in rendered] if self.caching(lane) else []
             vectors, hits = await self._vectors(spec, tokenized, sources, dimensions, norm, lane)
         self._counters(spec.name).inputs.inc(n)
         return Embedded(vectors, tokenized.lengths, tokenized.truncated, template, hits)
 
-    def _caching(self, lane: str) -> bool:
+    def caching(self, lane: str) -> bool:
         """Only online requests read the cache; with none configured no key is even hashed."""
         return lane == "online" and self.cache.name != "none"
 
@@ -312,6 +340,10 @@ class Embedder:
         """CPU-heavy work (decode, resize, long tokenization) on a pool: never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    async def preprocess(self, fn: Callable[..., T], *args: object) -> T:
+        """Decode, resize and patchify on the media pool (`media_workers` threads)."""
+        return await self._off_loop(self._media(), fn, *args)
+
     def _counters(self, model: str) -> _Counters:
         """Metric children bound once per model (`labels()` takes a lock and a dict lookup per call)."""
         counters = self._bound.get(model)
@@ -331,9 +363,17 @@ class Embedder:
         normalize: bool | None = None,
         lane: str = "online",
         field: str = "inputs[0].image",
+        task: str | None = None,
+        side: Side = Side.document,
     ) -> MediaEmbedded:
-        """An image, or a video as the mean of N uniformly sampled frames through the image tower."""
-        self.check_dimensions(self.spec(model), dimensions)
+        """An image, or a video as the mean of N uniformly sampled frames through the image tower; a VLM
+        embeds either as one item under the (task, side) template."""
+        outer = self.spec(model)
+        if outer.kind is Kind.vlm:
+            vlm = vlm_template(outer, task, side)
+            out = await vlm_media(self, outer, kind, data, vlm, dimensions, normalize, lane, field)
+            return MediaEmbedded(out.vectors[0], kind, out.timestamps[0])
+        self.check_dimensions(outer, dimensions)
         spec = self.image_spec(model, field)
         assert spec.image is not None
         norm = spec.normalize if normalize is None else normalize
@@ -342,19 +382,16 @@ class Embedder:
             key = cache_key(
                 spec.ref, f"{kind}:{spec.video_frames}:" + hashlib.sha256(data).hexdigest(), dimensions, norm
             )
-            caching = self._caching(lane) and kind == "image"
+            caching = self.caching(lane) and kind == "image"
             cached = (await lookup(self.cache, [key]))[0] if caching else None
             if cached is not None:
                 return MediaEmbedded(cached, kind)
             timestamps = None
             if kind == "image":
-                image = await self._off_loop(
-                    self._media(), decode_image, data, self.settings, spec.image, field
-                )
-                pixels = [image]
+                pixels = [await self.preprocess(decode_image, data, self.settings, spec.image, field)]
             else:
-                frames, timestamps = await self._off_loop(
-                    self._media(), decode_video, data, self.settings, spec.video_frames, spec.image, field
+                frames, timestamps = await self.preprocess(
+                    decode_video, data, self.settings, spec.video_frames, spec.image, field
                 )
                 pixels = list(frames)
             raw = await self.batcher(spec).submit(pixels, lane=lane)

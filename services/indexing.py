@@ -21,6 +21,7 @@ from services.migration.state import write_targets
 from services.multimodal import media_bytes
 from services.registry import ModelSpec, Side
 from services.store import CollectionInfo, PointIn, VectorStore
+from services.store.bm25 import bm25_document
 
 log = logging.getLogger("embedfleet.indexing")
 DOC_TASK = "retrieval"
@@ -87,15 +88,19 @@ async def embed_documents(
             lane=lane,
             field=field,
         )
+        bm25 = phys.sparse == "bm25"
         for d, vec in zip(texts, out.vectors, strict=True):
-            points[d.id] = PointIn(d.id, vec, d.payload, {"text": d.text})
+            sparse = bm25_document(d.text or "") if bm25 else None
+            points[d.id] = PointIn(d.id, vec, d.payload, {"text": d.text}, sparse)
     for i, d in enumerate(docs):
         if d.text is not None:
             continue
         kind = "image" if d.image is not None else "video"
         where = f"{field}[{i}].{kind}"
         data = await media_bytes(embedder.settings, kind, d.image or d.video or "", where)
-        media = await embedder.embed_media(phys.model, kind, data, dimensions=dims, lane=lane, field=where)
+        media = await embedder.embed_media(
+            phys.model, kind, data, dimensions=dims, lane=lane, field=where, task=task_for(spec, None)
+        )
         digest = await asyncio.to_thread(blobs.put, data)
         points[d.id] = PointIn(d.id, media.vector, d.payload, {kind: digest})
     return [points[d.id] for d in docs]

@@ -1,9 +1,10 @@
-"""Native multimodal items: text, image, video, or text and image together in one item.
+"""Native multimodal items: text, image(s), video, or text with media in one item.
 
 Dual-tower models fuse the normalized tower vectors with the registry's weights (UniIR's score-level
 fusion); the text part is rendered with the task template, whose `{image}` slot marks where the image
-goes and renders empty for the text tower. VLM models would render the placeholder tokens into one
-sequence instead: their templates are in the registry, the engine is not served yet.
+goes and renders empty for the text tower. VLM models take the whole item as one sequence: the template
+renders the placeholder tokens with VLM2Vec's prompt assembly and the backbone sees text, images and
+video together (services/vlm.py); only they take several images in one item.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.config import Settings
+from services.errors import InvalidInput
 from services.media.fetch import load_media_field
-from services.registry import Kind, Side
+from services.registry import Kind, ModelSpec, Side
 from services.templates import Template, resolve
 from services.vectors import finish, fuse
+from services.vlm import RAW_TEXT, VlmItem, embed_vlm, vlm_template
 
 if TYPE_CHECKING:
     from services.embedder import Embedder
@@ -29,21 +32,74 @@ class Item:
     text: str | None = None
     image: str | None = None
     video: str | None = None
+    images: tuple[str, ...] = ()  # more images in the same item (VLM models)
+
+    @property
+    def all_images(self) -> tuple[str, ...]:
+        return ((self.image,) if self.image is not None else ()) + self.images
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None and not self.all_images and self.video is None
+
+    def image_fields(self, field: str) -> list[str]:
+        first = [f"{field}.image"] if self.image is not None else []
+        return first + [f"{field}.images[{k}]" for k in range(len(self.images))]
 
 
 @dataclass(frozen=True)
 class ItemResult:
     vector: np.ndarray
-    kind: str  # text | image | video | text+image | text+video
+    kind: str  # text | image | video | text+image | text+video | image+video | text+image+video
     tokens: int = 0
     truncated: bool = False
     timestamps: list[float] | None = None
+    prompt: str | None = None  # vlm: the rendered prompt, placeholders not yet expanded
 
 
 async def media_bytes(settings: Settings, kind: str, value: str, field: str) -> bytes:
     """base64, data URI, or (when enabled) a URL fetched under the SSRF policy."""
     limit = settings.max_image_bytes if kind == "image" else settings.max_video_bytes
     return await load_media_field(value, settings, max_bytes=limit, field=field)
+
+
+async def _vlm_item(settings: Settings, item: Item, field: str) -> VlmItem:
+    fields = item.image_fields(field)
+    images = await asyncio.gather(
+        *(media_bytes(settings, "image", v, f) for v, f in zip(item.all_images, fields, strict=True))
+    )
+    video = None if item.video is None else await media_bytes(settings, "video", item.video, f"{field}.video")
+    return VlmItem(item.text, tuple(images), video, field, tuple(fields))
+
+
+async def embed_vlm_items(
+    embedder: Embedder,
+    spec: ModelSpec,
+    items: list[Item],
+    template: Template,
+    fields: list[str],
+    dimensions: int | None,
+    normalize: bool | None,
+    truncate: str,
+) -> list[ItemResult]:
+    """Items of a VLM in one batched call: every item is one sequence (services/vlm.py)."""
+    parts = await asyncio.gather(
+        *(_vlm_item(embedder.settings, i, f) for i, f in zip(items, fields, strict=True))
+    )
+    out = await embed_vlm(
+        embedder,
+        spec,
+        parts,
+        template,
+        dimensions=dimensions,
+        normalize=normalize,
+        truncate=truncate,  # type: ignore[arg-type]
+        lane="online",
+    )
+    return [
+        ItemResult(out.vectors[i], p.kind, out.tokens[i], out.truncated[i], out.timestamps[i], out.prompts[i])
+        for i, p in enumerate(parts)
+    ]
 
 
 async def embed_item(
@@ -55,17 +111,23 @@ async def embed_item(
     dimensions: int | None,
     normalize: bool | None,
     truncate: str,
-    index: int,
+    field: str,
 ) -> ItemResult:
-    field = f"inputs[{index}]"
-    media_kind = "image" if item.image is not None else "video" if item.video is not None else None
+    spec = embedder.spec(model)
+    if spec.kind is Kind.vlm:
+        return (
+            await embed_vlm_items(embedder, spec, [item], template, [field], dimensions, normalize, truncate)
+        )[0]
+    if len(item.all_images) > 1:
+        raise InvalidInput(f"model {model} takes one image per item", field=f"{field}.images")
+    image = item.all_images[0] if item.all_images else None
+    media_kind = "image" if image is not None else "video" if item.video is not None else None
     media = None
     if media_kind is not None:
-        data = await media_bytes(
-            embedder.settings, media_kind, item.image or item.video or "", f"{field}.{media_kind}"
-        )
+        where = item.image_fields(field)[0] if image is not None else f"{field}.video"
+        data = await media_bytes(embedder.settings, media_kind, image or item.video or "", where)
         media = await embedder.embed_media(
-            model, media_kind, data, dimensions=dimensions, normalize=normalize, field=f"{field}.{media_kind}"
+            model, media_kind, data, dimensions=dimensions, normalize=normalize, field=where
         )
     if item.text is None:
         assert media is not None
@@ -87,6 +149,30 @@ async def embed_item(
     return ItemResult(vec, f"text+{media.kind}", text.tokens[0], text.truncated[0], media.timestamps)
 
 
+async def embed_query(
+    embedder: Embedder, model: str, query: Item, task: str | None, dimensions: int | None
+) -> tuple[np.ndarray, Template | None]:
+    """A search query with media (alone, or with text: a composed query) and the template it used; an
+    image tower's query has none."""
+    spec = embedder.spec(model, field="query")
+    template: Template | None = None
+    if spec.kind is Kind.vlm:
+        template = vlm_template(spec, task, Side.query)
+    elif query.text is not None:
+        template = resolve(spec, task, Side.query)
+    result = await embed_item(
+        embedder,
+        model,
+        query,
+        template or RAW_TEXT,
+        dimensions=dimensions,
+        normalize=None,
+        truncate="end",
+        field="query",
+    )
+    return result.vector, template
+
+
 async def embed_items(
     embedder: Embedder,
     model: str,
@@ -98,7 +184,15 @@ async def embed_items(
     normalize: bool | None,
     truncate: str,
 ) -> tuple[list[ItemResult], Template | None]:
-    if all(i.image is None and i.video is None for i in items):  # text only: one batched call
+    spec = embedder.spec(model)
+    if spec.kind is Kind.vlm:  # every item is one sequence, whatever it holds: one batched call
+        template = vlm_template(spec, task, Side.query, instruction)
+        fields = [f"inputs[{i}]" for i in range(len(items))]
+        results = await embed_vlm_items(
+            embedder, spec, items, template, fields, dimensions, normalize, truncate
+        )
+        return results, template
+    if all(i.is_text for i in items):  # text only: one batched call
         out = await embedder.embed_texts(
             model,
             [i.text or "" for i in items],
@@ -111,11 +205,6 @@ async def embed_items(
         )
         results = [ItemResult(v, "text", out.tokens[i], out.truncated[i]) for i, v in enumerate(out.vectors)]
         return results, out.template
-    spec = embedder.spec(model)
-    if spec.kind is Kind.vlm:
-        from services.errors import InvalidInput
-
-        raise InvalidInput(f"model {model}: no VLM engine is served yet (templates only)", field="model")
     template = resolve(spec, task, Side.query, instruction)
     results = await asyncio.gather(
         *(
@@ -127,7 +216,7 @@ async def embed_items(
                 dimensions=dimensions,
                 normalize=normalize,
                 truncate=truncate,
-                index=i,
+                field=f"inputs[{i}]",
             )
             for i, item in enumerate(items)
         )

@@ -74,7 +74,7 @@ class Runtime:
             blobs=blobs,
             jobs=jobs,
             querylog=querylog,
-            searcher=Searcher(embedder, store, querylog, Compensators(blobs)),
+            searcher=Searcher(embedder, store, querylog, Compensators(blobs), settings.search_max_candidates),
             calibrations=Calibrations(embedder, settings.data_dir / "calibration"),
             migrations=migrations,
             dispatcher=Dispatcher(settings, jobs, blobs, store, index, migrations),

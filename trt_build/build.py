@@ -1,16 +1,15 @@
 """`embedfleet build MODEL --target cpu|gpu`: export, check, and write the Triton repository entry.
 
-Idempotent: a stamp (`.build.json`) records a digest of every input (registry entry, weights, build code,
-target options); a second run with the same inputs does nothing and says so.
+Idempotent: a stamp (`.build.json`, trt_build/stamps.py) records a digest of every input (registry entry,
+weights, build code, target options); a second run with the same inputs does nothing and says so.
+`vlm` models build in trt_build/vlm_build.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -20,49 +19,8 @@ from trt_build import engine as trt_engine
 from trt_build.model_files import install_model
 from trt_build.parity import MIN_COSINE, TextReference, check_parity, ort_run, require
 from trt_build.profiles import text_profile, trtexec_shapes
+from trt_build.stamps import BUILD_CODE, STAMP, BuildReport, inputs_digest, up_to_date, write_stamp
 from trt_build.triton_config import CpuOptions, cpu_config, gpu_config, token_inputs
-
-BUILD_CODE = [
-    Path(__file__).with_name(n)
-    for n in (
-        "build.py",
-        "export.py",
-        "cross_encoder.py",
-        "parity.py",
-        "pooling.py",
-        "model_files.py",
-        "python_model.py",
-        "triton_config.py",
-        "torch_cuda_model.py",
-        "buckets.py",
-        "torch_target.py",
-        "towers.py",
-    )
-]
-STAMP = ".build.json"
-
-
-@dataclass
-class BuildReport:
-    model: str
-    target: str
-    actions: list[str] = field(default_factory=list)
-    figures: dict[str, object] = field(default_factory=dict)
-    up_to_date: bool = False
-
-    def say(self, line: str) -> None:
-        self.actions.append(line)
-        print(f"[build {self.model}] {line}", flush=True)
-
-
-def _digest(paths: list[Path], extra: str) -> str:
-    h = hashlib.sha256(extra.encode())
-    for p in sorted(paths):
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        for f in files:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()
 
 
 def _model_dir(spec: ModelSpec, settings: Settings) -> Path | None:
@@ -84,6 +42,10 @@ def build(
         report.say(f"dual-tower model: nothing to build; build its towers {sorted(spec.towers.values())}")
         report.up_to_date = True
         return report
+    if spec.kind is Kind.vlm:
+        from trt_build.vlm_build import build_vlm
+
+        return build_vlm(spec, settings, target, force, report)
     if spec.kind is Kind.cross_encoder and target == "torch-cuda":
         raise ValueError(f"{spec.name}: cross-encoders build for --target cpu or gpu, not torch-cuda")
     repo = settings.model_repository
@@ -95,12 +57,9 @@ def build(
     stamp_inputs = json.dumps(
         {"spec": spec.model_dump(mode="json"), "target": target, "opts": opts.__dict__}, sort_keys=True
     )
-    digest = _digest([p for p in (model_dir, *BUILD_CODE) if p is not None], stamp_inputs)
+    digest = inputs_digest([p for p in (model_dir, *BUILD_CODE) if p is not None], stamp_inputs)
     stamp_path = model_root / STAMP
-    fresh = stamp_path.exists() and (onnx_path.exists() or target == "torch-cuda")
-    if not force and fresh and json.loads(stamp_path.read_text()).get("digest") == digest:
-        report.up_to_date = True
-        report.say(f"up to date ({stamp_path}); nothing to do")
+    if not force and up_to_date(stamp_path, digest, onnx_path.exists() or target == "torch-cuda", report):
         return report
 
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -116,9 +75,7 @@ def build(
         )
         write_torch_cuda_entry(spec, model_root, model_dir, torch_opts)
         report.say(f"wrote Triton torch-cuda entry {model_root} (CUDA graphs {torch_opts.cuda_graphs})")
-        stamp_path.write_text(
-            json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True)
-        )
+        write_stamp(stamp_path, digest, report)
         return report
     if spec.kind is Kind.cross_encoder:
         from trt_build.cross_encoder import export_and_check
@@ -169,7 +126,7 @@ def build(
 
     write_repository_entry(spec, model_root, target, opts)
     report.say(f"wrote Triton {target} entry {model_root}/config.pbtxt")
-    stamp_path.write_text(json.dumps({"digest": digest, "figures": report.figures}, indent=2, sort_keys=True))
+    write_stamp(stamp_path, digest, report)
     return report
 
 

@@ -52,12 +52,15 @@ def install_model(source: str, version_dir: Path) -> list[Path]:
 
 def copy_weights(model_dir: Path, dest: Path, patterns: tuple[str, ...]) -> None:
     """Copy what an engine loads (config, safetensors) into the repository, skipping files already there
-    at the same size: a rebuild does not rewrite gigabytes."""
+    at the same size and not older than their source: a rebuild does not rewrite gigabytes, and a
+    retrained model whose files kept their sizes (a config.json with other token ids) is still copied."""
     if model_dir.resolve() == dest.resolve():
         return
     dest.mkdir(parents=True, exist_ok=True)
     for pattern in patterns:
         for src in model_dir.glob(pattern):
             target = dest / src.name
-            if not target.exists() or target.stat().st_size != src.stat().st_size:
+            have = target.stat() if target.exists() else None
+            new = src.stat()
+            if have is None or have.st_size != new.st_size or have.st_mtime < new.st_mtime:
                 shutil.copyfile(src, target)

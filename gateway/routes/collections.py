@@ -50,7 +50,9 @@ async def create_collection(
     spec = embedder.spec(body.model)
     embedder.check_dimensions(spec, body.dimensions)
     dims = body.dimensions or spec.dimension
-    layout = Layout(spec.name, spec.version, dims, body.distance, body.on_disk, body.quantization)
+    layout = Layout(
+        spec.name, spec.version, dims, body.distance, body.on_disk, body.quantization, body.sparse
+    )
     info = await asyncio.to_thread(
         store.create_collection, tenant, body.name, layout, query_log=body.query_log
     )

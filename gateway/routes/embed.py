@@ -46,7 +46,7 @@ async def embed(
     request.state.model = body.model
     texts = [item.text for item in body.inputs if item.text is not None]
     embedder.check_payload(len(body.inputs), texts, "inputs")
-    items = [Item(i.text, i.image, i.video) for i in body.inputs]
+    items = [Item(i.text, i.image, i.video, tuple(i.images or ())) for i in body.inputs]
     results, template = await until_disconnect(
         request,
         embed_items(
@@ -70,6 +70,8 @@ async def embed(
             entry["embeddings"] = {kind: values[i] for kind, values in encodings.items()}
         if r.timestamps is not None:
             entry["frame_timestamps_s"] = r.timestamps
+        if r.prompt is not None:
+            entry["prompt"] = r.prompt  # vlm: the rendered template of this item
         data.append(entry)
     tokens = sum(r.tokens for r in results)
     return json_response(

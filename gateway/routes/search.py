@@ -11,7 +11,7 @@ from gateway.deps import SearcherDep, TenantDep, until_disconnect
 from gateway.responses import json_response
 from gateway.schemas.collections import BatchSearch, SearchRequest
 from services.multimodal import Item
-from services.search import Searcher, SearchResult
+from services.search import Searcher, SearchOptions, SearchResult
 
 router = APIRouter(tags=["search"])
 
@@ -22,21 +22,27 @@ def render(result: SearchResult) -> dict[str, object]:
         "model": result.model,
         "template": result.template,
         "path": result.path,
+        **({"reranked_by": result.reranked_by} if result.reranked_by else {}),
     }
 
 
 async def _run(searcher: Searcher, tenant: str, name: str, body: SearchRequest, merge: bool) -> SearchResult:
-    return await searcher.search(
-        tenant,
-        name,
-        Item(body.query.text, body.query.image, body.query.video),
+    opts = SearchOptions(
         task=body.task,
         top_k=body.top_k,
         filter=body.filter,
         with_payload=body.with_payload,
         score_threshold=body.score_threshold,
-        merge=merge,
+        mode=body.mode,
+        fusion=body.fusion,
+        weights=body.weights,
+        diversity=body.diversity,
+        candidates=body.candidates,
+        rerank_model=body.rerank.model if body.rerank else None,
+        rerank_top_n=body.rerank.top_n if body.rerank else None,
     )
+    query = Item(body.query.text, body.query.image, body.query.video)
+    return await searcher.search(tenant, name, query, opts, merge=merge)
 
 
 @router.post("/v1/collections/{name}/search")

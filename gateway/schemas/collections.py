@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from services import indexing
+
+Weights = tuple[float, float]  # (dense, sparse)
 
 
 class Document(BaseModel):
@@ -40,6 +42,9 @@ class CreateCollection(BaseModel):
     on_disk: bool = False
     quantization: Literal["none", "scalar", "binary"] = "none"
     query_log: bool = Field(False, description="keep a bounded sample of query texts to fit migrations")
+    sparse: Literal["none", "bm25"] = Field(
+        "none", description="bm25: keep a BM25 vector of every text document for sparse and hybrid search"
+    )
 
 
 class UpdateCollection(BaseModel):
@@ -79,9 +84,20 @@ class Query(BaseModel):
 
     @model_validator(mode="after")
     def _one(self) -> Query:
-        if sum(x is not None for x in (self.text, self.image, self.video)) != 1:
-            raise ValueError("a query has exactly one of text, image, video")
+        """Text, image or video; text may come with one of them (a composed query, e.g. a reference image
+        and the change wanted)."""
+        if (self.image is not None) + (self.video is not None) > 1 or (
+            self.text is None and self.image is None and self.video is None
+        ):
+            raise ValueError("a query has text, image or video (text may come with an image or a video)")
         return self
+
+
+class Rerank(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a cross-encoder the gateway serves")
+    top_n: int | None = Field(None, ge=1, le=1000, description="hits kept after reranking (default: all)")
 
 
 class SearchRequest(BaseModel):
@@ -93,6 +109,61 @@ class SearchRequest(BaseModel):
     filter: dict[str, Any] | None = None
     with_payload: bool = True
     score_threshold: float | None = None
+    mode: Literal["dense", "sparse", "hybrid"] = Field(
+        "dense", description="sparse and hybrid need a collection created with sparse: bm25"
+    )
+    fusion: Literal["rrf", "dbsf"] | None = Field(None, description="hybrid only; default rrf")
+    weights: Weights | None = Field(None, description="hybrid rrf only: (dense, sparse) weights, each > 0")
+    diversity: float | None = Field(
+        None, ge=0.0, le=1.0, description="MMR: 0 = plain relevance order, 1 = most diverse (dense, hybrid)"
+    )
+    candidates: int | None = Field(
+        None, ge=1, description="pool per stage for hybrid and diversity (at most search_max_candidates)"
+    )
+    rerank: Rerank | None = Field(None, description="reorder the top_k hits by a cross-encoder")
+
+    # field validators (not one model validator) so an error names its field; they run in field order,
+    # so `info.data` holds the fields above the one checked
+    @field_validator("mode")
+    @classmethod
+    def _mode_needs_text(cls, mode: str, info: ValidationInfo) -> str:
+        query = info.data.get("query")
+        if mode != "dense" and query is not None and query.text is None:
+            raise ValueError(f"mode {mode} needs query.text")
+        return mode
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion(cls, fusion: str | None, info: ValidationInfo) -> str | None:
+        if fusion is not None and info.data.get("mode") != "hybrid":
+            raise ValueError("only with mode hybrid")
+        return fusion
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: Weights | None, info: ValidationInfo) -> Weights | None:
+        if weights is None:
+            return None
+        if info.data.get("mode") != "hybrid" or info.data.get("fusion") == "dbsf":
+            raise ValueError("only with mode hybrid and rrf fusion")
+        if not all(0 < w < float("inf") for w in weights):
+            raise ValueError("both weights must be finite and > 0")
+        return weights
+
+    @field_validator("diversity")
+    @classmethod
+    def _diversity(cls, diversity: float | None, info: ValidationInfo) -> float | None:
+        if diversity is not None and info.data.get("mode") == "sparse":
+            raise ValueError("not with mode sparse (MMR compares dense vectors)")
+        return diversity
+
+    @field_validator("rerank")
+    @classmethod
+    def _rerank(cls, rerank: Rerank | None, info: ValidationInfo) -> Rerank | None:
+        top_k = info.data.get("top_k")
+        if rerank is not None and rerank.top_n is not None and top_k is not None and rerank.top_n > top_k:
+            raise ValueError("rerank.top_n must be at most top_k")
+        return rerank
 
 
 class BatchSearchItem(SearchRequest):

@@ -13,11 +13,14 @@ class InputItem(BaseModel):
     text: str | None = None
     image: str | None = Field(None, description="base64, data URI, or an allowed http(s) URL")
     video: str | None = Field(None, description="base64, data URI, or an allowed http(s) URL")
+    images: list[str] | None = Field(
+        None, min_length=1, description="several images in one item, after `image` (vlm models)"
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> InputItem:
-        if self.text is None and self.image is None and self.video is None:
-            raise ValueError("an input needs at least one of text, image, video")
+        if self.text is None and self.image is None and self.video is None and not self.images:
+            raise ValueError("an input needs at least one of text, image, images, video")
         return self
 
 

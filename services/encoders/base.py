@@ -22,6 +22,18 @@ class Encoder(Protocol):
         """[pairs, seq] ids, mask and segment ids of (query, document) pairs -> [pairs] float32 logits."""
         ...
 
+    async def embed_vlm(
+        self,
+        model: str,
+        input_ids: np.ndarray,
+        item_lengths: np.ndarray,
+        position_ids: np.ndarray,
+        pixel_values: np.ndarray,
+        grid_thw: np.ndarray,
+    ) -> np.ndarray:
+        """A group of VLM items, flat and unpadded (trt_build/vlm_model.py) -> [items, dim] float32."""
+        ...
+
     async def is_ready(self, model: str) -> bool: ...
 
     async def close(self) -> None: ...

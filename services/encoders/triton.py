@@ -113,6 +113,28 @@ class TritonEncoder:
         ]
         return (await self._infer(model, inputs, "scores")).reshape(-1)  # the engine answers [pairs, 1]
 
+    async def embed_vlm(
+        self,
+        model: str,
+        input_ids: np.ndarray,
+        item_lengths: np.ndarray,
+        position_ids: np.ndarray,
+        pixel_values: np.ndarray,
+        grid_thw: np.ndarray,
+    ) -> np.ndarray:
+        """One Triton request per group of items (leading batch dimension 1, ragged inputs); the pixel
+        inputs are optional and left out for a text-only group."""
+        inputs = [
+            _input("input_ids", input_ids[None], "INT64"),
+            _input("item_lengths", item_lengths[None], "INT64"),
+            _input("position_ids", position_ids[None], "INT64"),
+        ]
+        if len(grid_thw):
+            inputs.append(_input("pixel_values", pixel_values[None].astype(np.float32, copy=False), "FP32"))
+            inputs.append(_input("grid_thw", grid_thw[None], "INT64"))
+        out = await self._infer(model, inputs)
+        return out.reshape(len(item_lengths), -1)
+
     async def is_ready(self, model: str) -> bool:
         try:
             return bool(await self.client.is_model_ready(model, client_timeout=2.0))

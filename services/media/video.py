@@ -1,4 +1,5 @@
-"""Bounded video decoding with PyAV: N uniformly sampled frames, preprocessed exactly like images.
+"""Bounded video decoding with PyAV: N uniformly sampled frames, preprocessed exactly like images
+(image towers), or as raw RGB frames with the clip's duration (VLMs preprocess frames themselves).
 
 Limits are checked in order of cost: bytes, then the container's sniffed type (only a fixed set of
 demuxers is ever handed to FFmpeg, so playlist/concat demuxers that open other files or URLs are
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -62,6 +64,15 @@ def sniff_container(data: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Frames:
+    """Decoded frames in time order (RGB, source size), their times and the declared clip duration."""
+
+    images: list[Image.Image]
+    timestamps: list[float]  # seconds from the start
+    duration_s: float | None  # None when the container does not say
+
+
 def uniform_timestamps(duration_s: float, n: int) -> list[float]:
     """Centres of n equal segments of [0, duration): the usual uniform sampling of video models."""
     return [duration_s * (k + 0.5) / n for k in range(n)]
@@ -80,6 +91,19 @@ def decode_video(
 
     N is `frames`, or fewer when the video holds fewer distinct frames than that.
     """
+    got = decode_frames(data, settings, frames, field, clock=clock)
+    return np.stack([preprocess(img, spec_image) for img in got.images]), got.timestamps
+
+
+def decode_frames(
+    data: bytes,
+    settings: Settings,
+    frames: int,
+    field: str = "inputs[0].video",
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Frames:
+    """Bytes -> up to `frames` uniformly sampled RGB frames under every limit of `decode_video`."""
     if not data:
         raise InvalidInput("video is zero-length", field=field)
     if len(data) > settings.max_video_bytes:
@@ -91,7 +115,7 @@ def decode_video(
         )
     try:
         with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
-            return _decode(container, settings, frames, spec_image, field, clock)
+            return _decode(container, settings, frames, field, clock)
     except EmbedfleetError:
         raise
     except av.error.InvalidDataError:
@@ -100,9 +124,7 @@ def decode_video(
         raise Unprocessable(f"corrupt or undecodable video: {exc}", field=field) from None
 
 
-def _decode(
-    container, settings: Settings, n: int, spec: ImageSpec, field: str, clock
-) -> tuple[np.ndarray, list[float]]:
+def _decode(container, settings: Settings, n: int, field: str, clock) -> Frames:
     deadline = clock() + settings.video_decode_timeout_s
     if not container.streams.video:
         raise Unprocessable("the file has no video stream", field=field)
@@ -151,8 +173,7 @@ def _decode(
     picked = list(dict(picked).items())  # one entry per distinct frame time, in order
     if not picked:
         raise Unprocessable("no decodable video frames", field=field)
-    pixels = np.stack([preprocess(img, spec) for _, img in picked])
-    return pixels, [round(t, 6) for t, _ in picked]
+    return Frames([img for _, img in picked], [round(t, 6) for t, _ in picked], duration)
 
 
 def _nearest(

@@ -20,6 +20,9 @@ then refitted on all of them. `fit_auto` picks a kind by held-out retrieval (lab
 labels, e.g. pseudo-queries and their documents; agreement with the re-index top-10 otherwise), never on
 the pairs it was fitted on, reports each candidate's update gain (BCT, Shen et al. 2020) and decides the
 never-worse-than-v1 rule.
+
+One module on purpose (over the 450-line guide): the kinds share the interface, the fitting helpers and
+the held-out selection, and are read together when choosing one.
 """
 
 from __future__ import annotations

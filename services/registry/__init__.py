@@ -20,6 +20,7 @@ from services.errors import ConfigError, NotFound
 
 DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
 PRESETS_FILE = Path(__file__).with_name("templates.yaml")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Modality(StrEnum):
@@ -51,6 +52,9 @@ class Source(_Strict):
     member_glob: str = ""  # split-zip: file name pattern of the piece inside each package
     sha256: str | None = None  # split-zip: checksum of the assembled archive
     path: str | None = None  # path: relative to the repository root (or absolute)
+    # path (vlm): when the folder holds a PEFT LoRA adapter (adapter_config.json), the base model folder it
+    # is merged into at build time (VLM2Vec-V2 ships as a LoRA on Qwen2-VL-2B-Instruct)
+    base: str | None = None
     # random-init: transformers config class (CLIPVisionConfig) or, for a cross-encoder, model class
     # (BertForSequenceClassification); `package`/`subdir` or `path` may name a folder holding its tokenizer
     architecture: str | None = None
@@ -71,7 +75,8 @@ class Source(_Strict):
 
 class Batching(_Strict):
     max_batch_size: int = Field(64, ge=1)
-    max_batch_tokens: int = Field(8192, ge=1)
+    max_batch_tokens: int = Field(8192, ge=1)  # vlm: language-model tokens, text + visual, padding counted
+    max_batch_patches: int = Field(16384, ge=1)  # vlm: vision-tower patches per batch (images + video frames)
     opt_batch_size: int = Field(16, ge=1)
     min_seq_len: int = Field(1, ge=1)
     opt_seq_len: int = Field(64, ge=1)
@@ -100,6 +105,36 @@ class Image(_Strict):
     resize: Literal["shortest-edge-center-crop", "squash"] = "shortest-edge-center-crop"
 
 
+class Vlm(_Strict):
+    """Qwen2-VL-family preprocessing of a `vlm` model. Unset sizes and pixel limits come from the model
+    folder's preprocessor_config.json (so a deployed folder carries its own contract); set, they win
+    (e.g. VLM2Vec's 28*28*4 .. 28*28*1280 image pixels, 360*420 per video frame)."""
+
+    family: Literal["qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = "qwen2-vl"
+    patch_size: int | None = Field(None, ge=1)
+    merge_size: int | None = Field(None, ge=1)
+    temporal_patch_size: int | None = Field(None, ge=1)
+    min_pixels: int | None = Field(None, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    video_min_pixels: int | None = Field(None, ge=1)
+    video_max_pixels: int | None = Field(None, ge=1)
+    max_images: int = Field(4, ge=1)  # images per item
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Vlm:
+        for low, high in (("min_pixels", "max_pixels"), ("video_min_pixels", "video_max_pixels")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"{low} ({lo}) exceeds {high} ({hi})")
+        return self
+
+    def overrides(self) -> dict[str, int]:
+        """The preprocessing fields set here (they override the folder's)."""
+        sizes = ("patch_size", "merge_size", "temporal_patch_size")
+        pixels = ("min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels")
+        return {n: getattr(self, n) for n in (*sizes, *pixels) if getattr(self, n) is not None}
+
+
 class Fusion(_Strict):
     """Dual-tower interleaved items: weighted mean of normalized tower vectors (UniIR score-level fusion)."""
 
@@ -125,9 +160,10 @@ class ModelSpec(_Strict):
     templates: dict[str, TaskTemplates] = Field(default_factory=dict)
     preset: str | None = None  # name in templates.yaml whose families are merged under `templates`
     image: Image | None = None
-    video_frames: int = Field(8, ge=1)
+    video_frames: int = Field(8, ge=1)  # frames sampled per video (dual-tower: averaged; vlm: one clip)
     image_placeholder: str | None = None  # vlm: the backbone's image token, rendered for {image}
     video_placeholder: str | None = None
+    vlm: Vlm | None = None  # vlm: preprocessing (default: the folder's) and images per item
     fusion: Fusion | None = None
     towers: dict[Literal["text", "image"], str] = Field(default_factory=dict)  # dual-tower: model names
     triton_model: str | None = None  # serve through another entry's engine (e.g. a new template version)
@@ -160,8 +196,10 @@ class ModelSpec(_Strict):
                 raise ValueError(f"matryoshka dimension {d} outside 1..{self.dimension}")
         if self.kind is Kind.dual_tower and not ({"text", "image"} <= set(self.towers)):
             raise ValueError("a dual-tower model names its 'text' and 'image' towers")
-        if self.kind is Kind.vlm and not self.image_placeholder:
-            raise ValueError("a vlm model needs image_placeholder")
+        if self.kind is Kind.vlm:
+            self._check_vlm()
+        elif self.vlm is not None or self.source.base is not None:
+            raise ValueError("the vlm block and source.base apply to vlm models only")
         if self.kind is Kind.image_encoder and self.image is None:
             raise ValueError("an image encoder needs an 'image' preprocessing block")
         if self.kind is Kind.cross_encoder:
@@ -177,6 +215,21 @@ class ModelSpec(_Strict):
             raise ValueError("batching.max_batch_tokens must hold at least one max-length sequence")
         return self
 
+    def _check_vlm(self) -> None:
+        """VLM2Vec's contract: last-token pooling, a tokenizer for the prompt, the backbone's placeholders."""
+        if not self.image_placeholder:
+            raise ValueError("a vlm model needs image_placeholder")
+        if self.pooling != "last-token":
+            raise ValueError("a vlm model pools the last token (pooling: last-token)")
+        if not self.tokenizer:
+            raise ValueError("a vlm model needs its tokenizer (prompts are tokenized by the gateway)")
+        if self.source.type != "path" or self.source.path is None:
+            raise ValueError("a vlm model is served from a local Hugging Face folder (source type: path)")
+
+    @property
+    def vlm_options(self) -> Vlm:
+        return self.vlm or Vlm()
+
     @property
     def ref(self) -> str:
         """`name:version`, the cache and collection identity of this model."""
@@ -191,7 +244,7 @@ class ModelSpec(_Strict):
 
     def source_dir(self, repo_root: Path | None = None) -> Path:
         """Local folder of the model's files (tokenizer, weights). Never touches the network."""
-        root = repo_root or Path(__file__).resolve().parents[2]
+        root = repo_root or REPO_ROOT
         src = self.source
         if src.type == "split-zip":
             from services.config import PACKAGE_ROOT
@@ -205,6 +258,20 @@ class ModelSpec(_Strict):
         if src.path:
             return root / src.path  # an absolute path stays as it is
         raise ConfigError(f"model {self.name}: a random-init model without package or path has no folder")
+
+    def model_file(self, name: str) -> Path:
+        """`name` in the source folder or, for a LoRA adapter folder, in its base folder (config.json,
+        tokenizer and preprocessor files usually stay with the base)."""
+        first = self.source_dir() / name
+        if first.exists() or self.source.base is None:
+            return first
+        return self.base_dir() / name
+
+    def base_dir(self) -> Path:
+        """The LoRA base folder: relative to the repository root (or absolute), like `path`."""
+        if self.source.base is None:
+            raise ConfigError(f"model {self.name}: source has no base folder")
+        return REPO_ROOT / self.source.base
 
     @property
     def has_source_dir(self) -> bool:

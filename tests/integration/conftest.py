@@ -25,7 +25,7 @@ from services.registry import DEFAULT_REGISTRY, load_registry
 from services.triton_server import LocalTriton, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVED = ["all-minilm-l6-v2", "minilm-e5", "lit-shapes", "rerank-minilm-random"]
+SERVED = ["all-minilm-l6-v2", "minilm-e5", "lit-shapes", "rerank-minilm-random", "vlm-shapes"]
 # A second registry entry on the same engine with e5-style templates and (test-only) Matryoshka
 # dimensions: exercises template rendering and truncation on the one real model we have.
 E5_ENTRY = {

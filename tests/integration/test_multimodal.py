@@ -127,7 +127,7 @@ def audio_only_mp4() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(
+BAD_MEDIA = pytest.mark.parametrize(
     ("name", "item", "status"),
     [
         ("bomb", lambda: {"image": b64(tiny_png_header(100_000, 100_000))}, 413),
@@ -143,6 +143,9 @@ def audio_only_mp4() -> bytes:
         ("url loopback", lambda: {"image": "http://127.0.0.1:1/x.png"}, 403),
     ],
 )
+
+
+@BAD_MEDIA
 def test_bad_media_is_a_clear_4xx_and_server_stays_healthy(
     mm_gateway: Gateway, name: str, item, status: int
 ) -> None:  # type: ignore[no-untyped-def]
@@ -152,7 +155,7 @@ def test_bad_media_is_a_clear_4xx_and_server_stays_healthy(
     assert httpx.get(f"{mm_gateway.base_url}/healthz").status_code == 200
 
 
-def test_ten_minute_video_refused(mm_gateway: Gateway, items) -> None:  # type: ignore[no-untyped-def]
+def ten_minute_video(img: Image.Image) -> bytes:
     """A 10-minute clip at 1 frame per 5 s stays tiny; its declared duration is what must be refused."""
     import av
 
@@ -163,13 +166,17 @@ def test_ten_minute_video_refused(mm_gateway: Gateway, items) -> None:  # type: 
         s = c.add_stream("mpeg4", rate=Fraction(1, 5))
         s.width = s.height = 32
         s.pix_fmt = "yuv420p"
-        img = items[0].image.resize((32, 32))
+        img = img.resize((32, 32))
         for _ in range(121):
             for p in s.encode(av.VideoFrame.from_image(img)):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
-    r = embed(mm_gateway, [{"video": b64(buf.getvalue())}])
+    return buf.getvalue()
+
+
+def test_ten_minute_video_refused(mm_gateway: Gateway, items) -> None:  # type: ignore[no-untyped-def]
+    r = embed(mm_gateway, [{"video": b64(ten_minute_video(items[0].image))}])
     assert r.status_code == 413, r.text
 
 

@@ -12,7 +12,7 @@ import pytest
 from services.config import Settings
 from services.errors import InvalidInput, PayloadTooLarge, Unprocessable, UnsupportedMedia
 from services.media.images import decode_image
-from services.media.video import decode_video, sniff_container, uniform_timestamps
+from services.media.video import decode_frames, decode_video, sniff_container, uniform_timestamps
 from services.registry import Image as ImageSpec
 from trt_build.synthetic import shapes
 
@@ -160,6 +160,20 @@ def test_uniform_sampling_long_clip_by_seeking(settings: Settings) -> None:
     pixels, ts = decode_video(data, settings, 4, SPEC)
     assert ts == pytest.approx([5.0, 15.0, 25.0, 35.0], abs=1e-4)
     np.testing.assert_allclose(pixels.mean(axis=(1, 2, 3)) * 255, [6 * t for t in ts], atol=3)
+
+
+def test_raw_frames_for_vlms_keep_size_and_duration(settings: Settings) -> None:
+    """A VLM resizes frames itself (its pixel budget) and spaces video positions by the clip's duration."""
+    data = make_video(32, 8, size=32)
+    got = decode_frames(data, settings, 8)
+    pixels, ts = decode_video(data, settings, 8, SPEC)
+    assert got.timestamps == ts and got.duration_s == pytest.approx(4.0, abs=0.2)
+    assert [img.size for img in got.images] == [(32, 32)] * 8 and got.images[0].mode == "RGB"
+    np.testing.assert_allclose(
+        [np.asarray(i).mean() for i in got.images], pixels.mean(axis=(1, 2, 3)) * 255, atol=1
+    )
+    with pytest.raises(PayloadTooLarge):  # the same limits
+        decode_frames(make_video(61, Fraction(1, 10)), settings, 8)
 
 
 def test_more_frames_than_the_clip_has(settings: Settings) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.batcher import Batcher, pad_tokens
-from services.errors import EncoderUnavailable, Overloaded
+from services.errors import EncoderUnavailable, Overloaded, PayloadTooLarge
 
 
 class Recorder:
@@ -200,6 +200,40 @@ async def test_without_online_traffic_backfill_takes_the_whole_encoder_in_full_b
     assert asyncio.get_running_loop().time() - t0 < 0.4  # 10 batches of 10 ms, never held
     assert [len(x) for x in run.batches] == [4] * 10
     await b.close()
+
+
+async def test_vision_patches_are_a_second_summed_budget() -> None:
+    """VLM rows: tokens counted padded as for text, patches summed; a row with few patches further down
+    the window still joins a batch another row would overflow."""
+    run = Recorder()
+    run.gate = asyncio.Event()
+    patches = {0: 30, 1: 30, 2: 5, 3: 30}  # by the row's first id
+    b = make(
+        run,
+        max_batch_tokens=64,
+        max_batch_size=8,
+        patch_cost=lambda r: patches[int(r[0])],
+        max_batch_patches=40,
+    )
+    first = asyncio.create_task(submit(b, rows(1, base=2)))  # occupies the single in-flight slot
+    await in_flight(run)
+    pending = asyncio.create_task(submit(b, rows(4, 4, 4, 4)))
+    await queued(b, 4)
+    run.gate.set()
+    await asyncio.gather(first, pending)
+    later = run.batches[1:]
+    assert [len(x) for x in later] == [2, 1, 1]  # 30 + 5 (skipping a 30), then 30, then 30
+    await b.close()
+
+
+def test_a_row_over_either_budget_is_a_413_naming_its_field() -> None:
+    b = make(Recorder(), max_batch_tokens=64, patch_cost=lambda r: 10 * len(r), max_batch_patches=50)
+    b.check_fits(np.zeros(5), "inputs[0]")
+    with pytest.raises(PayloadTooLarge, match="vision patches") as exc:
+        b.check_fits(np.zeros(6), "inputs[3]", "item")
+    assert exc.value.field == "inputs[3]"
+    with pytest.raises(PayloadTooLarge, match="tokens"):
+        make(Recorder(), max_batch_tokens=4).check_fits(np.zeros(5), "input[0]")
 
 
 def test_pad_tokens_right_and_left() -> None:

@@ -124,3 +124,59 @@ def test_random_init_folder() -> None:
     assert not clip.has_source_dir
     with pytest.raises(ConfigError, match="has no folder"):
         clip.source_dir()
+
+
+VLM = {
+    "name": "v1",
+    "modality": "multimodal",
+    "kind": "vlm",
+    "source": {"type": "path", "path": "trt_build/assets/vlm-shapes"},
+    "pooling": "last-token",
+    "padding_side": "left",
+    "dimension": 128,
+    "image_placeholder": "<|image_pad|>",
+    "video_placeholder": "<|video_pad|>",
+    "vlm": {"family": "qwen2-vl", "min_pixels": 3136, "max_pixels": 1003520, "max_images": 2},
+    "batching": {"max_batch_tokens": 4096, "max_batch_patches": 1024},
+    "preset": "vlm2vec",
+}
+
+
+def test_vlm_entry_and_the_served_test_model(tmp_path: Path) -> None:
+    spec = load_registry(write(tmp_path, [VLM])).get("v1")
+    assert spec.vlm_options.overrides() == {"min_pixels": 3136, "max_pixels": 1003520}
+    assert spec.batching.max_batch_patches == 1024 and spec.vlm_options.max_images == 2
+    shipped = load_registry(DEFAULT_REGISTRY)
+    served = shipped.get("vlm-shapes")
+    assert served.kind is Kind.vlm and served.model_file("tokenizer.json").exists()
+    assert "composed_retrieval" in served.templates and shipped.triton_models(["vlm-shapes"]) == [
+        "vlm-shapes"
+    ]
+    adapter = {**VLM, "source": {"type": "path", "path": "/models/vlm2vec", "base": "/models/qwen2-vl-2b"}}
+    lora = load_registry(write(tmp_path, [adapter])).get("v1")
+    assert lora.model_file("config.json") == Path("/models/qwen2-vl-2b/config.json")  # not in the adapter
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"pooling": "mean"}, "(model)", "last token"),
+        ({"tokenizer": None}, "(model)", "needs its tokenizer"),
+        ({"source": {"type": "python-package", "package": "x"}}, "(model)", "local Hugging Face folder"),
+        ({"vlm": {"min_pixels": 10, "max_pixels": 5}}, "vlm", "min_pixels (10) exceeds max_pixels (5)"),
+        ({"vlm": {"family": "llava"}}, "vlm.family", "Input should be"),
+        ({"vlm": {"max_images": 0}}, "vlm.max_images", "greater than or equal"),
+        ({"batching": {"max_batch_patches": 0}}, "batching.max_batch_patches", "greater than or equal"),
+    ],
+)
+def test_bad_vlm_fields_name_file_model_field(tmp_path: Path, change: dict, field: str, message: str) -> None:
+    path = write(tmp_path, [{**VLM, **change}])
+    with pytest.raises(ConfigError) as err:
+        load_registry(path)
+    text = str(err.value)
+    assert str(path) in text and "model 'v1'" in text and f"field {field}" in text and message in text
+
+
+def test_vlm_fields_on_other_kinds_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="vlm models only"):
+        load_registry(write(tmp_path, [{**GOOD, "vlm": {"max_images": 2}}]))

@@ -83,3 +83,25 @@ def test_build_is_idempotent(built: Path, capsys: pytest.CaptureFixture[str]) ->
     repo = get_settings().model_repository / SPEC.name
     assert (repo / "config.pbtxt").read_text() == cpu_config(SPEC, CpuOptions())
     assert (repo / SPEC.version / "model.py").exists()
+
+
+def test_copy_weights_recopies_a_changed_file_of_the_same_size(tmp_path: Path) -> None:
+    """A retrained model can keep every file's size (token ids in config.json): still copied."""
+    import os
+
+    from trt_build.model_files import copy_weights
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / "config.json").write_text('{"vocab_size": 563}')
+    (src / "notes.txt").write_text("not an engine file")
+    copy_weights(src, dest, ("config.json",))
+    assert (dest / "config.json").read_text() == '{"vocab_size": 563}' and not (dest / "notes.txt").exists()
+    copied = (dest / "config.json").stat().st_mtime
+    (src / "config.json").write_text('{"vocab_size": 557}')
+    os.utime(src / "config.json", (copied + 5, copied + 5))
+    copy_weights(src, dest, ("config.json",))
+    assert (dest / "config.json").read_text() == '{"vocab_size": 557}'
+    os.utime(dest / "config.json", (copied + 10, copied + 10))  # unchanged source: not rewritten
+    copy_weights(src, dest, ("config.json",))
+    assert (dest / "config.json").stat().st_mtime == copied + 10

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import json_format, text_format
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from services.media import qwen2vl as q
 from services.registry import ModelSpec
-from tests.unit.trt_build.tiny_qwen_vl import backbone_dir, engine_request
+from tests.unit.trt_build.tiny_qwen_vl import backbone_dir, engine_request, write_adapter
 from trt_build import vlm_model as vm
 from trt_build.vlm_random import FAMILIES, load_lora, merge_lora
 from trt_build.vlm_target import VlmOptions, vlm_config, write_vlm_entry
@@ -291,17 +291,6 @@ def test_random_folder_layout_and_scale(fx: Fixture) -> None:
     big = {k: v for k, v in weights.items() if v.dim() == 2 and "embed" not in k and v.shape[1] >= 32}
     for key, w in big.items():
         assert float(w.std()) == pytest.approx(1 / np.sqrt(w.shape[1]), rel=0.35), key
-
-
-def write_adapter(path: Path, pairs: dict[str, tuple[torch.Tensor, ...]], r: int, alpha: int) -> None:
-    path.mkdir(parents=True)
-    tensors = {}
-    for module, (a, b) in pairs.items():
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b
-    save_file(tensors, str(path / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["q_proj", "qkv"]}
-    (path / "adapter_config.json").write_text(json.dumps(config))
 
 
 def test_lora_merge_matches_manual_computation(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -103,3 +104,17 @@ def engine_request(items: list[PreparedItem]) -> VlmRequest:
         pixel_values=np.concatenate([i.pixel_values for i in items]),
         grid_thw=np.concatenate([i.grid_thw for i in items]),
     )
+
+
+def write_adapter(path: Path, pairs: dict[str, tuple[torch.Tensor, ...]], r: int, alpha: int) -> None:
+    """A PEFT LoRA adapter folder (module paths as transformers 4 named them, as PEFT saves them)."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    tensors = {}
+    for module, (a, b) in pairs.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["q_proj", "qkv"]}
+    (path / "adapter_config.json").write_text(json.dumps(config))
