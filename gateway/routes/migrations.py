@@ -17,7 +17,7 @@ router = APIRouter(tags=["migrations"])
 async def start_migration(
     name: str, body: StartMigration, migrations: MigrationsDep, dispatcher: DispatcherDep, tenant: TenantDep
 ) -> Response:
-    mig = await migrations.start(tenant, name, body.to_model, body.compensator)
+    mig = await migrations.start(tenant, name, body.to_model, body.compensator, body.sparse)
     await dispatcher.submit_migration(tenant, name)
     return json_response(mig.public(), 202)
 

@@ -191,3 +191,7 @@ class StartMigration(BaseModel):
 
     to_model: str
     compensator: str = "auto"
+    sparse: Literal["none", "bm25"] | None = Field(
+        None,
+        description="the new layout's sparse vectors (default: as now); with the same to_model, a backfill",
+    )

@@ -115,7 +115,11 @@ class Migrations:
         await asyncio.to_thread(self.store.set_migration, tenant, name, mig.to_dict(), status, moved_on)
 
     # --- start ------------------------------------------------------------------------------------
-    async def start(self, tenant: str, name: str, to_model: str, compensator: str = "auto") -> Migration:
+    async def start(
+        self, tenant: str, name: str, to_model: str, compensator: str = "auto", sparse: str | None = None
+    ) -> Migration:
+        """A migration to `to_model`, or to the same model with another `sparse` layout (an existing
+        collection gains BM25 vectors by the same backfill, reads staying on the old physical meanwhile)."""
         if compensator not in ("auto", *COMPENSATORS):
             raise InvalidInput(f"compensator must be auto or one of {COMPENSATORS}", field="compensator")
         info = await asyncio.to_thread(self.store.load_collection, tenant, name)
@@ -123,12 +127,15 @@ class Migrations:
         if current is not None and current.active:
             raise Conflict(f"collection {name!r} is already migrating", field="to_model")
         spec = self.embedder.spec(to_model, field="to_model")
-        if spec.ref == f"{info.model}:{info.version}":
+        new_sparse = info.current.sparse if sparse is None else sparse
+        if spec.ref == f"{info.model}:{info.version}" and new_sparse == info.current.sparse:
             raise InvalidInput(f"collection {name!r} already uses {spec.ref}", field="to_model")
         dims = (
             min(info.dimension, spec.dimension) if spec.allows_dimensions(info.dimension) else spec.dimension
         )
-        layout = replace(info.current.layout, model=spec.name, version=spec.version, dimension=dims)
+        layout = replace(
+            info.current.layout, model=spec.name, version=spec.version, dimension=dims, sparse=new_sparse
+        )
         phys = await asyncio.to_thread(self.store.create_physical, tenant, name, layout)
         mig = Migration.new(info, phys, compensator)
         await asyncio.to_thread(self.store.set_migration, tenant, name, mig.to_dict(), "migrating")
@@ -161,6 +168,9 @@ class Migrations:
 
     async def fit(self, tenant: str, name: str) -> Migration:
         info, mig = await self._load(tenant, name)
+        if mig.to == mig.source:  # a layout change: the old physical answers the same queries exactly
+            note = "same model (a layout change): reads stay on the old physical, uncompensated"
+            return replace(mig, compensator=replace(mig.compensator, kind="none", note=note), use_v1=True)
         size = self.settings.migration_sample_size
         texts, doc_old = await self._sample(info, mig.source_physical, size)
         if len(texts) < 20:

@@ -20,6 +20,9 @@ generation, replays the recorded writes in order (upserts replace whole points a
 so the replay ends in the same state as the live shard), records generation N+1 in meta.sqlite (the
 commit point) and serves it; the old handle is closed, and its directory deleted, a few seconds later.
 A crash at any point leaves generation N authoritative; stray generations are removed at start-up.
+
+One module over the 450-line guide on purpose: locking, generations, the flusher and the builder all
+guard the same per-shard state under the same locks; split, each part would need the others' internals.
 """
 
 from __future__ import annotations

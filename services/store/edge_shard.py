@@ -22,6 +22,9 @@ Behaviours that surprised us (measured on 2 vCPU; details in docs/qdrant-edge-no
 * Collection-wide IDF still counts replaced and deleted points until `optimize()`; an IDF corpus filter
   (`idf_corpus`) gives live statistics, the same as a Qdrant server's. MMR on the sparse vector fails
   ("vector data config for vector bm25 not found"); MMR over a fused prefetch works.
+
+One module over the 450-line guide on purpose: it is the only file that imports `qdrant_edge`, so a change
+of the beta API touches this file alone.
 """
 
 from __future__ import annotations

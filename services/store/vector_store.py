@@ -11,6 +11,9 @@ keys starting with `_` are reserved: callers can neither write nor filter on the
 Sync on purpose: the gateway calls it in a thread, Celery tasks call it directly. Record changes
 (create, delete, switch, migrations) are serialised per process; replicas racing on the same collection's
 record through a Qdrant server are last-writer-wins.
+
+One module over the 450-line guide on purpose: it is the store's whole public surface (records, tenancy,
+validation of every argument with its field name), one class callers read top-down.
 """
 
 from __future__ import annotations

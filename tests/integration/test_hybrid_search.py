@@ -160,3 +160,33 @@ def test_sparse_modes_need_a_query_text(gateway: Gateway, collection: str) -> No
     image = b64(png(held_out_items()[0].image))
     r = search(gateway, collection, query={"image": image}, mode="hybrid")
     assert r.status_code == 400 and r.json()["error"]["param"] == "mode", r.text
+
+
+def test_an_existing_collection_gains_bm25_by_a_backfill(gateway: Gateway) -> None:
+    """The same model with `sparse: bm25`: a migration that only changes the layout; reads stay on the
+    old physical meanwhile (sparse search is refused there, naming `mode`), then hybrid works."""
+    import time
+
+    name = "hybrid-later"
+    base = gateway.base_url
+    assert post(gateway, "/v1/collections", {"name": name, "model": MODEL}).status_code == 201
+    r = httpx.put(f"{base}/v1/collections/{name}/documents", json={"documents": DOCS}, timeout=300)
+    assert r.status_code == 200, r.text
+    query = {"text": f"error {code(99)}"}
+    before = search(gateway, name, query=query, mode="hybrid")
+    assert before.status_code == 400 and before.json()["error"]["param"] == "mode", before.text
+    r = post(gateway, f"/v1/collections/{name}/migrations", {"to_model": MODEL, "sparse": "bm25"})
+    assert r.status_code == 202, r.text
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        mig = httpx.get(f"{base}/v1/collections/{name}/migrations", timeout=30).json()
+        if mig["state"] in ("done", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    assert mig["state"] == "done", mig
+    info = httpx.get(f"{base}/v1/collections/{name}", timeout=30).json()
+    assert info["sparse"] == "bm25" and info["model"] == MODEL, info
+    assert TARGET in ids(search(gateway, name, query=query, mode="hybrid", top_k=5))
+    assert ids(search(gateway, name, query=query, mode="sparse", top_k=1)) == [TARGET]
+    again = post(gateway, f"/v1/collections/{name}/migrations", {"to_model": MODEL, "sparse": "bm25"})
+    assert again.status_code == 400 and again.json()["error"]["param"] == "to_model", again.text

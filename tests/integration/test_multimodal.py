@@ -138,8 +138,8 @@ BAD_MEDIA = pytest.mark.parametrize(
         ("audio only", lambda: {"video": b64(audio_only_mp4())}, 422),
         ("garbage video", lambda: {"video": b64(b"\x00\x01garbage" * 100)}, 415),
         # fetching is off by default: refused before any resolution or connection. Metadata, private and
-        # link-local addresses are checked in tests/unit/media/test_fetch.py with a stub resolver and a
-        # recording connector, so no test here ever names a non-loopback host.
+        # link-local addresses are checked in tests/unit/services/media/test_fetch.py with a stub
+        # resolver and a recording connector, so no test here ever names a non-loopback host.
         ("url loopback", lambda: {"image": "http://127.0.0.1:1/x.png"}, 403),
     ],
 )

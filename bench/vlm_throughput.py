@@ -1,0 +1,182 @@
+"""Images/s and videos/s of a `vlm` model through the gateway vs the engine in-process, same inputs.
+
+Engine in-process ("raw"): the gateway's own preprocessing (`services.vlm.VlmModel.prepare`: decode,
+smart resize, patchify, prompt with placeholders expanded) and the Triton model's engine core
+(`trt_build.vlm_model.VlmEngine`, torch fp32 on CPU) called in batches of 1, 4, 8 and 16 in one thread;
+its best batch is the reference. It is measured before and after the served runs (the machine is shared)
+and the ratio uses their mean. The preprocessing share of the raw time is reported beside it: the part
+of the work the gateway runs on its media pool, off the event loop.
+
+Served: `embedfleet serve` on loopback (cache off, so every item is encoded), `clients` threads each
+sending one item per request, for a bounded time; the gateway's and Triton's CPU seconds are read from
+/proc, so the preprocessing share of the served path shows too (the gateway process does it).
+
+Inputs: held-out vlm-shapes renders (PNG, 112 px) with the image-document prompt, and 8-frame mp4 clips.
+
+    nice -n 5 python -m bench.vlm_throughput          # -> bench/results/vlm_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.gateway_throughput import CpuMeter, serving
+from bench.indexing_search import machine
+from services.config import PACKAGE_ROOT, Settings
+from services.registry import Side, load_registry
+from services.vlm import VlmItem, VlmModel, engine_inputs, vlm_template
+from trt_build.synthetic import shapes
+from trt_build.synthetic import train_vlm as tv
+from trt_build.vlm_model import VlmEngine, VlmRequest
+
+MODEL = "vlm-shapes"
+RESULTS = PACKAGE_ROOT / "bench" / "results" / "vlm_throughput.json"
+BATCHES = (1, 4, 8, 16)
+
+
+def inputs(n_images: int, n_videos: int) -> tuple[list[bytes], list[bytes]]:
+    held = tv.held_out(0)
+    pngs = []
+    for r in held.renders[:n_images]:
+        buf = io.BytesIO()
+        shapes.render(*r).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    clips = [shapes.render_video(a, seed=i) for i, a in enumerate(held.combos[:n_videos])]
+    return pngs, clips
+
+
+class Raw:
+    """The gateway's preprocessing and the engine core, in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        spec = load_registry(settings.registry_path).get(MODEL)
+        self.model = VlmModel(spec, settings)
+        self.engine = VlmEngine.load(str(spec.source_dir()), device="cpu", padding_side=spec.padding_side)
+        self.template = vlm_template(spec, None, Side.document)
+
+    def prepare(self, item: VlmItem) -> Any:
+        return self.model.prepare(self.model.prompt(self.template, item), item, "end").item
+
+    def run(self, items: list[VlmItem], batch: int) -> dict[str, float]:
+        prep_s = engine_s = 0.0
+        t0 = time.perf_counter()
+        for i in range(0, len(items), batch):
+            p0 = time.perf_counter()
+            prepared = [self.prepare(x) for x in items[i : i + batch]]
+            p1 = time.perf_counter()
+            (out,) = self.engine.embed([VlmRequest(*engine_inputs(prepared))])
+            assert isinstance(out, np.ndarray)
+            engine_s += time.perf_counter() - p1
+            prep_s += p1 - p0
+        wall = time.perf_counter() - t0
+        return {"per_s": len(items) / wall, "preprocess_share": prep_s / (prep_s + engine_s)}
+
+    def best(self, items: list[VlmItem]) -> dict[str, Any]:
+        runs = {b: self.run(items, b) for b in BATCHES}
+        top = max(runs, key=lambda b: runs[b]["per_s"])
+        return {
+            "per_s": runs[top]["per_s"],
+            "batch": top,
+            "preprocess_share": runs[top]["preprocess_share"],
+            "by_batch": {str(b): round(r["per_s"], 2) for b, r in runs.items()},
+        }
+
+
+def served(
+    url: str, key: str, payloads: list[str], clients: int, seconds: float, meter: CpuMeter
+) -> dict[str, Any]:
+    done, errors, lat = [0], [0], []
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = c.post(
+                    f"{url}/v1/embed", json={"model": MODEL, "inputs": [{key: payloads[i % len(payloads)]}]}
+                )
+                with lock:
+                    if r.status_code == 200:
+                        done[0] += 1
+                        lat.append(time.perf_counter() - t0)
+                    else:
+                        errors[0] += 1
+                i += clients
+
+    before = meter.read()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    cpu = {k: v - before.get(k, 0.0) for k, v in meter.read().items()}
+    return {
+        "per_s": done[0] / wall,
+        "errors": errors[0],
+        "p50_ms": round(1000 * float(np.percentile(lat, 50)), 1) if lat else None,
+        "cpu_s_per_item": {k: round(v / max(done[0], 1), 4) for k, v in cpu.items()},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=96)
+    p.add_argument("--videos", type=int, default=24)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    settings = Settings()
+    pngs, clips = inputs(args.images, args.videos)
+    raw = Raw(settings)
+    items = {
+        "image": [VlmItem(images=(x,)) for x in pngs],
+        "video": [VlmItem(video=x) for x in clips],
+    }
+    payloads = {
+        "image": [base64.b64encode(x).decode() for x in pngs],
+        "video": [base64.b64encode(x).decode() for x in clips],
+    }
+    report: dict[str, Any] = {"machine": machine(), "model": MODEL, "clients": args.clients, "kinds": {}}
+    before = {k: raw.best(v) for k, v in items.items()}
+    env = {
+        "EMBEDFLEET_MODELS": MODEL,
+        "EMBEDFLEET_CACHE_BACKEND": "none",
+        "EMBEDFLEET_DATA_DIR": "/dev/shm/embedfleet-vlm-bench",
+    }
+    with serving(env) as server:
+        meter = CpuMeter(server.proc.pid, "gateway", {"tritonserver": "triton"})
+        for kind, p_list in payloads.items():  # warm up: first calls load kernels
+            served(server.url, kind, p_list, 2, 3.0, meter)
+        got = {k: served(server.url, k, v, args.clients, args.seconds, meter) for k, v in payloads.items()}
+    after = {k: raw.best(v) for k, v in items.items()}
+    for kind in items:
+        ref = (before[kind]["per_s"] + after[kind]["per_s"]) / 2
+        report["kinds"][kind] = {
+            "raw_before": before[kind],
+            "raw_after": after[kind],
+            "served": got[kind],
+            "served_vs_raw": round(got[kind]["per_s"] / ref, 3),
+        }
+        print(kind, json.dumps(report["kinds"][kind]), flush=True)
+    report["loadavg_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
