@@ -173,7 +173,7 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     own = settings.model_copy(
         update={"data_dir": data_dir, "broker_url": redis_server.url, "triton_url": triton.ports.grpc_url}
     )
-    docs = stdlib_docs()[2400:2700]
+    docs = stdlib_docs()[2400:2620]
 
     async def setup() -> None:
         rt = Runtime.build(own)
@@ -182,7 +182,7 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
             for i in range(0, len(docs), 100):
                 part = [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
                 await index_documents(rt.embedder, rt.store, rt.blobs, "t", "c", part)
-            await rt.migrations.start("t", "c", "minilm-e5")
+            await rt.migrations.start("t", "c", "minilm-e5", "mean")  # the fit is tested above
         finally:
             await rt.close()
 

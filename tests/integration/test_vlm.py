@@ -150,3 +150,41 @@ def test_oversize_video_and_too_many_images_are_refused(mm_gateway: Gateway, hel
     r = embed(mm_gateway, [{"text": "x"}, {"image": a, "images": [a] * 8}])
     assert r.status_code in (400, 413), r.text
     assert r.json()["error"]["param"].startswith("inputs[1]"), r.text
+
+
+def test_image_collection_migrates_from_tower_fusion_to_the_vlm(
+    mm_gateway: Gateway, held: tv.HeldOut
+) -> None:
+    """lit-shapes -> vlm-shapes through the migrations API: the backfill re-embeds every stored image
+    (from its blob), reads stay on lit-shapes meanwhile (no text documents to fit a compensator on),
+    every search answers 200, and after the cutover the VLM serves text -> image search."""
+    import time
+
+    base, name = mm_gateway.base_url, "vlm-upgrade"
+    r = httpx.post(f"{base}/v1/collections", json={"name": name, "model": "lit-shapes"}, timeout=60)
+    assert r.status_code == 201, r.text
+    docs = [{"id": f"g{i}", "image": image(held.renders[i])} for i in range(24)]
+    r = httpx.put(f"{base}/v1/collections/{name}/documents", json={"documents": docs}, timeout=300)
+    assert r.status_code == 200, r.text
+
+    def text_search(i: int) -> httpx.Response:
+        body = {"query": {"text": held.combos[i].caption}, "top_k": 5}
+        return httpx.post(f"{base}/v1/collections/{name}/search", json=body, timeout=60)
+
+    r = httpx.post(f"{base}/v1/collections/{name}/migrations", json={"to_model": MODEL}, timeout=60)
+    assert r.status_code == 202, r.text
+    paths, deadline = set(), time.time() + 240
+    while time.time() < deadline:
+        s = text_search(len(paths) % 24)
+        assert s.status_code == 200, s.text
+        paths.add(s.json()["path"])
+        mig = httpx.get(f"{base}/v1/collections/{name}/migrations", timeout=30).json()
+        if mig["state"] in ("done", "failed", "cancelled"):
+            break
+    assert mig["state"] == "done", mig
+    assert paths <= {"v1_fallback", "raw"}, paths
+    info = httpx.get(f"{base}/v1/collections/{name}", timeout=30).json()
+    assert info["model"] == MODEL and info["points_count"] == 24, info
+    found = [f"g{i}" in [h["id"] for h in text_search(i).json()["results"]] for i in range(8)]
+    assert sum(found) >= 4, found  # top 5 of 24 by chance: 5/24
+    httpx.delete(f"{base}/v1/collections/{name}", timeout=60)
