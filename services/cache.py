@@ -142,3 +142,26 @@ async def lookup(cache: EmbeddingCache, keys: list[str]) -> list[np.ndarray | No
     metrics.CACHE.labels(cache.name, "hit").inc(hits)
     metrics.CACHE.labels(cache.name, "miss").inc(len(keys) - hits)
     return found
+
+
+async def split_cached(cache: EmbeddingCache, keys: list[str], dim: int) -> tuple[np.ndarray, list[int]]:
+    """A [len(keys), dim] result with the cache's hits filled in, and the indices still to compute.
+
+    An empty key marks a row that is never cached (it is looked up nowhere and always computed)."""
+    asked = [i for i, k in enumerate(keys) if k]
+    found = await lookup(cache, [keys[i] for i in asked]) if asked else []
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    hit: set[int] = set()
+    for i, v in zip(asked, found, strict=True):
+        if v is not None:
+            out[i] = v
+            hit.add(i)
+    return out, [i for i in range(len(keys)) if i not in hit]
+
+
+async def fill_fresh(
+    cache: EmbeddingCache, out: np.ndarray, keys: list[str], missing: list[int], fresh: np.ndarray
+) -> None:
+    """Put the computed rows into `out` at `missing` and into the cache under their (non-empty) keys."""
+    out[missing] = fresh
+    await cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing) if keys[i]})

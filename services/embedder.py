@@ -17,7 +17,7 @@ import numpy as np
 
 from services import metrics
 from services.batcher import Batcher, Runner, pad_tokens
-from services.cache import EmbeddingCache, cache_key, lookup
+from services.cache import EmbeddingCache, cache_key, fill_fresh, lookup, split_cached
 from services.config import Settings
 from services.encoders.base import Encoder
 from services.errors import InvalidInput, NotFound, PayloadTooLarge
@@ -273,17 +273,10 @@ class Embedder:
             self._counters(spec.name).tokens.inc(sum(tokenized.lengths))
             return finish(raw, dimensions, norm), 0
         keys = [cache_key(spec.ref, src, dimensions, norm) for src in sources]
-        found = await lookup(self.cache, keys)
-        missing = [i for i, v in enumerate(found) if v is None]
-        out = np.empty((len(keys), dimensions or spec.dimension), dtype=np.float32)
-        for i, v in enumerate(found):
-            if v is not None:
-                out[i] = v
+        out, missing = await split_cached(self.cache, keys, dimensions or spec.dimension)
         if missing:
             raw = await self.batcher(spec).submit([tokenized.ids[i] for i in missing], lane=lane)
-            fresh = finish(raw, dimensions, norm)
-            out[missing] = fresh
-            await self.cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing)})
+            await fill_fresh(self.cache, out, keys, missing, finish(raw, dimensions, norm))
             self._counters(spec.name).tokens.inc(sum(tokenized.lengths[i] for i in missing))
         return out, len(keys) - len(missing)
 

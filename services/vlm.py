@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 
 from services import metrics
 from services.batcher import Batcher
-from services.cache import EmbeddingCache, cache_key, lookup
+from services.cache import EmbeddingCache, cache_key, fill_fresh, split_cached
 from services.config import Settings
 from services.encoders.base import Encoder
 from services.errors import ConfigError, EmbedfleetError, InvalidInput, PayloadTooLarge
@@ -368,25 +368,17 @@ async def embed_vlm(
             cache_key(spec.ref, model.source(p, item, truncate), dimensions, norm) if ok else ""
             for p, item, ok in zip(prompts, items, cacheable, strict=True)
         ]
-        found = await lookup(embedder.cache, [k for k in keys if k]) if any(keys) else []
-        cached = dict(zip([i for i, k in enumerate(keys) if k], found, strict=True))
-        missing = [i for i in range(n) if cached.get(i) is None]
+        out, missing = await split_cached(embedder.cache, keys, dimensions or spec.dimension)
         prepared = await asyncio.gather(
             *(embedder.preprocess(model.prepare, prompts[i], items[i], truncate) for i in missing)
         )
         for i, p in zip(missing, prepared, strict=True):
             batcher.check_fits(p.item, items[i].field, "item")
         raw = await batcher.submit([p.item for p in prepared], lane=lane) if prepared else None
-    out = np.empty((n, dimensions or spec.dimension), dtype=np.float32)
     tokens, truncated = [0] * n, [False] * n
     timestamps: list[list[float] | None] = [None] * n
-    for i, vec in cached.items():
-        if vec is not None:
-            out[i] = vec
     if raw is not None:
-        fresh = finish(raw, dimensions, norm)
-        out[missing] = fresh
-        await embedder.cache.set_many({keys[i]: fresh[j] for j, i in enumerate(missing) if keys[i]})
+        await fill_fresh(embedder.cache, out, keys, missing, finish(raw, dimensions, norm))
         for i, p in zip(missing, prepared, strict=True):
             tokens[i], truncated[i], timestamps[i] = p.item.lm_tokens, p.truncated, p.timestamps
         metrics.TOKENS.labels(spec.name).inc(sum(tokens))
