@@ -95,6 +95,7 @@ def edge_tuning(settings: Settings) -> EdgeTuning:
         flush_ms=settings.store_flush_ms,
         index_threshold=settings.store_index_threshold,
         hnsw_ef=settings.store_hnsw_ef,
+        hnsw_ef_construct=settings.store_hnsw_ef_construct,
         build_threads=settings.store_build_threads,
     )
 
@@ -103,7 +104,14 @@ def open_store(settings: Settings) -> VectorStore:
     """The store these settings name: a Qdrant server, the store host `embedfleet serve` started, or the
     embedded engine opened in this process (which then owns the data directory)."""
     if settings.qdrant_url:
-        return VectorStore(ServerBackend.connect(settings.qdrant_url, settings.qdrant_api_key))
+        return VectorStore(
+            ServerBackend.connect(
+            settings.qdrant_url,
+            settings.qdrant_api_key,
+            hnsw_ef=settings.store_hnsw_ef,
+            hnsw_ef_construct=settings.store_hnsw_ef_construct,
+        )
+        )
     if settings.store_socket is not None and settings.store_key:
         from services.store.host import RemoteBackend
 

@@ -59,6 +59,11 @@ class Search:
     IDF statistics are taken over the points matching `idf_corpus` (the tenant's points): live
     statistics on both engines, where collection-wide ones would still count replaced and deleted
     points on Qdrant Edge until it optimizes.
+
+    The dense stage searches exactly with `exact` (a filter naming a key with no payload index: the
+    planner cannot estimate it and HNSW would return a few of the matches) and with ACORN on `acorn`
+    (a filter on indexed keys other than the tenant: HNSW links may predate the key's index; Edge
+    leaves it off where every graph of the shard was built with the key indexed, as it costs 3-4x).
     """
 
     vector: np.ndarray | None
@@ -74,6 +79,8 @@ class Search:
     diversity: float | None = None
     candidates: int | None = None
     idf_corpus: qm.Filter | None = None
+    exact: bool = False
+    acorn: bool = False
 
 
 @dataclass(frozen=True)

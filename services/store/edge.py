@@ -46,6 +46,7 @@ from qdrant_client import models as qm
 from services.errors import ConfigError, EmbedfleetError
 from services.store.backend import RRF_K, SPARSE_VECTOR, Page, Record, Row, Search
 from services.store.edge_shard import SPARSE, EdgeHit, EdgeRecord, EdgeShard, EdgeSpec
+from services.store.filters import payload_keys
 from services.store.metadb import MetaDB
 from services.store.records import Layout
 
@@ -64,9 +65,10 @@ class EdgeTuning:
 
     flush_ms: int = 1000
     index_threshold: int = 20_000  # points outside any index before an HNSW build starts
-    hnsw_ef: int = 128
+    hnsw_ef: int = 256
     hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
+    hnsw_ef_construct: int = 200
+    full_scan_threshold_kb: int = 10_000  # Qdrant's default
     build_threads: int = 1  # indexing threads of the build child process
     rescore_oversampling: float = 3.0
 
@@ -82,6 +84,7 @@ class _Shard:
     dirty: bool = False  # written since the last flush
     unchecked: int = 0  # points written since the builder last looked
     building: bool = False
+    linked: frozenset[str] = frozenset()  # keys with payload-aware HNSW links in every built segment
 
 
 def _edge_spec(spec: Layout, tuning: EdgeTuning) -> EdgeSpec:
@@ -95,6 +98,7 @@ def _edge_spec(spec: Layout, tuning: EdgeTuning) -> EdgeSpec:
         search_threads=1,
         hnsw_m=tuning.hnsw_m,
         hnsw_ef_construct=tuning.hnsw_ef_construct,
+        full_scan_threshold_kb=tuning.full_scan_threshold_kb,
         indexing_threads=tuning.build_threads,
     )
 
@@ -175,7 +179,8 @@ class EdgeBackend:
                     raise EmbedfleetError(f"no physical collection {name!r} in the embedded store")
                 gen, spec, _ = row
                 edge = EdgeShard.open(self._dir(name, gen))
-                shard = self._shards[name] = _Shard(name, gen, Layout(**spec), edge)
+                linked = self.meta.linked(name) or frozenset()
+                shard = self._shards[name] = _Shard(name, gen, Layout(**spec), edge, linked=linked)
         return shard
 
     # --- physical collections ---------------------------------------------------------------------
@@ -250,6 +255,9 @@ class EdgeBackend:
             "hnsw_ef": s.hnsw_ef or self.tuning.hnsw_ef,
             "rescore": True if quantized else None,
             "oversampling": self.tuning.rescore_oversampling if quantized else None,
+            "exact": s.exact,
+            # ACORN costs 3-4x where the graph has links for every key the filter names (measured at 100k)
+            "acorn": s.acorn and not payload_keys(s.filter) <= shard.linked,
         }
         if s.mode == "sparse":
             assert s.sparse is not None
@@ -390,6 +398,11 @@ class EdgeBackend:
                     ["cp", "-a", "--sparse=always", str(self._dir(physical, shard.gen)), str(new)], check=True
                 )
                 shard.recording = []
+                row = self.meta.shard(physical)
+                indexed = frozenset(row[2] if row else ())
+                # a segment built earlier keeps the links it was built with: only keys every build saw count
+                before = self.meta.linked(physical)
+                linked = indexed if before is None else before & indexed
             started = time.perf_counter()
             child = subprocess.run(
                 [sys.executable, "-m", "services.store.edge_build", str(new)],
@@ -406,8 +419,9 @@ class EdgeBackend:
                     _replay(edge, op, arg)
                 edge.flush()
                 self.meta.put_shard(physical, shard.gen + 1, asdict(shard.spec), self.meta.shard(physical)[2])  # type: ignore[index]
+                self.meta.put_linked(physical, linked)
                 self._retired.append((time.monotonic(), shard.edge, self._dir(physical, shard.gen)))
-                shard.edge, shard.gen, shard.recording = edge, shard.gen + 1, None
+                shard.edge, shard.gen, shard.recording, shard.linked = edge, shard.gen + 1, None, linked
             log.info(
                 "index build of %s: %.1f s in a child process, swapped in",
                 physical,

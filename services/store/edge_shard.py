@@ -77,6 +77,7 @@ class EdgeSpec:
     search_threads: int | None = None
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
+    full_scan_threshold_kb: int = 10_000  # the planner searches exactly below this many KB of matches
     indexing_threads: int = 1  # optimize() holds the GIL anyway; more threads only help in a child process
 
 
@@ -290,7 +291,7 @@ def _edge_config(spec: EdgeSpec) -> qe.EdgeConfig:
         hnsw_config=qe.HnswIndexConfig(
             m=spec.hnsw_m,
             ef_construct=spec.hnsw_ef_construct,
-            full_scan_threshold=10_000,  # KB of vectors: Qdrant's default
+            full_scan_threshold=spec.full_scan_threshold_kb,
             max_indexing_threads=spec.indexing_threads,
         ),
     )
@@ -443,12 +444,26 @@ class EdgeShard:
 
     @staticmethod
     def _params(
-        exact: bool, hnsw_ef: int | None, rescore: bool | None, oversampling: float | None
+        exact: bool,
+        hnsw_ef: int | None,
+        rescore: bool | None,
+        oversampling: float | None,
+        acorn: bool = False,
     ) -> qe.SearchParams:
+        """`acorn`: ACORN-1, whatever the filter's estimated selectivity: a neighbour that fails the filter is
+        looked through (its neighbours are explored) instead of ending the path. Without it a filter on a
+        key with no payload-aware HNSW links (indexed after the graph was built) strands the search on a
+        few matching nodes: 1.5 of 10 hits at 10% selectivity, recall 0.76 at 50%, measured at 100k
+        points; with it 0.94 / 0.999 at ef 128 (the planner's default cut-off, 40%, misses the second)."""
         quant = None
         if rescore is not None or oversampling is not None:
             quant = qe.QuantizationSearchParams(rescore=rescore, oversampling=oversampling)
-        return qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact, quantization=quant)
+        return qe.SearchParams(
+            hnsw_ef=hnsw_ef,
+            exact=exact,
+            quantization=quant,
+            acorn=qe.AcornSearchParams(enable=True, max_selectivity=1.0) if acorn else None,
+        )
 
     def query(
         self,
@@ -463,6 +478,7 @@ class EdgeShard:
         hnsw_ef: int | None = None,
         rescore: bool | None = None,
         oversampling: float | None = None,
+        acorn: bool = False,
     ) -> list[EdgeHit]:
         """Nearest neighbours of a dense vector, best first. `rescore` matters only on quantized segments and
         defaults to off there (pass True)."""
@@ -475,7 +491,7 @@ class EdgeShard:
                 score_threshold=score_threshold,
                 with_payload=_payload_arg(with_payload),
                 with_vector=with_vectors,
-                params=self._params(exact, hnsw_ef, rescore, oversampling),
+                params=self._params(exact, hnsw_ef, rescore, oversampling, acorn),
             )
         )
 
@@ -528,6 +544,7 @@ class EdgeShard:
         oversampling: float | None = None,
         diversity: float | None = None,
         candidates: int | None = None,
+        acorn: bool = False,
     ) -> list[EdgeHit]:
         """Dense and sparse prefetch (`prefetch_limit` each) fused by RRF (server default k=2; score of rank r
         (0-based) with weight w is 1 / ((r + 1) / w + k - 1)) or DBSF. `weights` are (dense, sparse). `flt`
@@ -539,7 +556,7 @@ class EdgeShard:
             qe.Prefetch(
                 limit=per_stage,
                 query=qe.Query.Nearest(dense),
-                params=self._params(exact, hnsw_ef, rescore, oversampling),
+                params=self._params(exact, hnsw_ef, rescore, oversampling, acorn),
             ),
             qe.Prefetch(
                 limit=per_stage,
@@ -587,6 +604,8 @@ class EdgeShard:
         hnsw_ef: int | None = None,
         rescore: bool | None = None,
         oversampling: float | None = None,
+        exact: bool = False,
+        acorn: bool = False,
     ) -> list[EdgeHit]:
         """Maximal marginal relevance with the server's `diversity` (Edge's lambda_ = 1 - diversity); scores
         are the plain similarities, the order is MMR's. `score_threshold` bounds the candidates'
@@ -598,7 +617,7 @@ class EdgeShard:
                 query=query,
                 filter=edge_filter(flt),
                 score_threshold=score_threshold,
-                params=self._params(False, hnsw_ef, rescore, oversampling),
+                params=self._params(exact, hnsw_ef, rescore, oversampling, acorn),
                 with_payload=_payload_arg(with_payload),
             )
         )

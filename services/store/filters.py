@@ -9,7 +9,7 @@ backends (store flags as integers or keywords).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,8 +37,9 @@ def _has_bool(match: Any) -> bool:
     return False
 
 
-def _check(flt: qm.Filter, depth: int = 0) -> None:
-    """Reject reserved keys wherever a filter names a payload key (a nested filter's keys are relative)."""
+def _keys(flt: qm.Filter, depth: int = 0) -> Iterator[tuple[Any, str | None]]:
+    """Every condition of a filter with the payload key it names (None for ids), nested filters
+    included: a nested condition's own key first, then its inner keys (relative, as written)."""
     if depth > MAX_FILTER_DEPTH:
         raise InvalidInput(f"filter nested deeper than {MAX_FILTER_DEPTH}", field="filter")
     conds = [*_conditions(flt.must), *_conditions(flt.should), *_conditions(flt.must_not)]
@@ -46,26 +47,36 @@ def _check(flt: qm.Filter, depth: int = 0) -> None:
         conds += flt.min_should.conditions
     for cond in conds:
         if isinstance(cond, qm.Filter):
-            _check(cond, depth + 1)
-            continue
-        key = None
-        if isinstance(cond, qm.FieldCondition):
-            key = cond.key
-            if _has_bool(cond.match):
-                raise InvalidInput(
-                    f"filter on {key!r} matches a boolean: not supported "
-                    "(store flags as integers or keywords)",
-                    field="filter",
-                )
+            yield from _keys(cond, depth + 1)
+        elif isinstance(cond, qm.FieldCondition):
+            yield cond, cond.key
         elif isinstance(cond, qm.IsEmptyCondition):
-            key = cond.is_empty.key
+            yield cond, cond.is_empty.key
         elif isinstance(cond, qm.IsNullCondition):
-            key = cond.is_null.key
+            yield cond, cond.is_null.key
         elif isinstance(cond, qm.NestedCondition):
-            key = cond.nested.key
-            _check(cond.nested.filter, depth + 1)
+            yield cond, cond.nested.key
+            yield from _keys(cond.nested.filter, depth + 1)
+        else:
+            yield cond, None
+
+
+def _check(flt: qm.Filter) -> None:
+    """Reject reserved keys wherever a filter names a payload key (a nested filter's keys are relative)."""
+    for cond, key in _keys(flt):
+        if isinstance(cond, qm.FieldCondition) and _has_bool(cond.match):
+            raise InvalidInput(
+                f"filter on {key!r} matches a boolean: not supported (store flags as integers or keywords)",
+                field="filter",
+            )
         if key is not None and is_reserved(key):
             raise InvalidInput(f"filter may not name reserved key {key!r}", field="filter")
+
+
+def payload_keys(flt: qm.Filter | None) -> set[str]:
+    """The payload keys a parsed filter names, a nested filter's inner keys as written (relative), so a
+    nested condition counts as unindexed unless those very names are indexed."""
+    return set() if flt is None else {key for _, key in _keys(flt) if key is not None}
 
 
 def parse_filter(flt: qm.Filter | Mapping[str, Any] | None) -> qm.Filter | None:

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS querylog (slot TEXT PRIMARY KEY, key TEXT NOT NULL, t
 CREATE INDEX IF NOT EXISTS querylog_key ON querylog (key, at);
 CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, gen INTEGER NOT NULL, spec TEXT NOT NULL,
                                    indexes TEXT NOT NULL, built_at REAL);
+CREATE TABLE IF NOT EXISTS linked (name TEXT PRIMARY KEY, keys TEXT NOT NULL);
 """
 
 
@@ -102,6 +103,19 @@ class MetaDB:
 
     def drop_shard(self, name: str) -> None:
         self._run("DELETE FROM shards WHERE name = ?", (name,))
+        self._run("DELETE FROM linked WHERE name = ?", (name,))
+
+    def linked(self, name: str) -> frozenset[str] | None:
+        """Payload keys every HNSW graph of the shard has payload-aware links for (None: never built)."""
+        rows = self._run("SELECT keys FROM linked WHERE name = ?", (name,))
+        return frozenset(json.loads(rows[0][0])) if rows else None
+
+    def put_linked(self, name: str, keys: frozenset[str]) -> None:
+        self._run(
+            "INSERT INTO linked (name, keys) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET keys = excluded.keys",
+            (name, json.dumps(sorted(keys))),
+        )
 
     def close(self) -> None:
         with self._lock:

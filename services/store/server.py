@@ -56,6 +56,7 @@ def _quantization(quantization: str) -> qm.QuantizationConfig | None:
 
 
 # feature: (oldest Qdrant server version that has it, what it is for the error message)
+ACORN_SINCE = (1, 16)  # older servers search without it (see EdgeShard._params for why it is asked)
 SERVER_FEATURES: dict[str, tuple[tuple[int, int], str, str]] = {
     "mmr": ((1, 15), "diversity (MMR)", "diversity"),
     "sparse": ((1, 19), "sparse and hybrid search (tenant-scoped IDF)", "mode"),
@@ -93,10 +94,22 @@ def _version(text: str) -> tuple[int, int] | None:
 class ServerBackend:
     kind = "server"
 
-    def __init__(self, client: QdrantClient, *, serialize: bool = False, local: bool = False) -> None:
+    def __init__(
+        self,
+        client: QdrantClient,
+        *,
+        serialize: bool = False,
+        local: bool = False,
+        hnsw_ef: int | None = None,
+        hnsw_ef_construct: int | None = None,
+    ) -> None:
         """`serialize` holds one lock around every call: local mode is not safe for concurrent threads.
-        `local`: the client is qdrant-client's local mode (it implements every search feature)."""
+        `local`: the client is qdrant-client's local mode (it implements every search feature).
+        `hnsw_ef`: the search breadth a search asks when it names none (None: the collection's);
+        `hnsw_ef_construct`: the build breadth of collections created here (None: the server's)."""
         self.client = client
+        self.hnsw_ef = hnsw_ef
+        self.hnsw_ef_construct = hnsw_ef_construct
         self._local = local
         self._server_version: tuple[int, int] | None = None
         self._io: AbstractContextManager[Any] = threading.RLock() if serialize else nullcontext()
@@ -104,8 +117,17 @@ class ServerBackend:
         self._table(META_COLLECTION, "tenant")
 
     @classmethod
-    def connect(cls, url: str, api_key: str | None = None) -> ServerBackend:
-        return cls(QdrantClient(url=url, api_key=api_key))
+    def connect(
+        cls,
+        url: str,
+        api_key: str | None = None,
+        *,
+        hnsw_ef: int | None = None,
+        hnsw_ef_construct: int | None = None,
+    ) -> ServerBackend:
+        return cls(
+            QdrantClient(url=url, api_key=api_key), hnsw_ef=hnsw_ef, hnsw_ef_construct=hnsw_ef_construct
+        )
 
     @classmethod
     def local(cls, path: str) -> ServerBackend:
@@ -113,22 +135,26 @@ class ServerBackend:
         # check (on where sqlite is not built thread-safe) would refuse; the lock serialises instead
         return cls(QdrantClient(path=path, force_disable_check_same_thread=True), serialize=True, local=True)
 
-    def _require(self, feature: str) -> None:
-        """400 naming the Qdrant version a feature needs when the server is older (asked once)."""
+    def _older_than(self, needed: tuple[int, int]) -> bool:
+        """Whether the server is known to be older than `needed` (local mode and unknown versions are not)."""
         if self._local:
-            return
+            return False
         if self._server_version is None:
             try:
                 with self._io:
                     found = _version(self.client.info().version)
             except Exception:
-                return  # cannot tell: let the server answer for itself
+                return False  # cannot tell: let the server answer for itself
             if found is None:
-                return
+                return False
             self._server_version = found
+        return self._server_version < needed
+
+    def _require(self, feature: str) -> None:
+        """400 naming the Qdrant version a feature needs when the server is older (asked once)."""
         needed, what, field = SERVER_FEATURES[feature]
-        if self._server_version < needed:
-            have = ".".join(map(str, self._server_version))
+        if self._older_than(needed):
+            have = ".".join(map(str, self._server_version or ()))
             raise InvalidInput(
                 f"{what} needs a Qdrant server {needed[0]}.{needed[1]} or newer; this one is {have}",
                 field=field,
@@ -161,6 +187,9 @@ class ServerBackend:
                     size=spec.dimension, distance=DISTANCES[spec.distance], on_disk=spec.on_disk
                 ),
                 quantization_config=_quantization(spec.quantization),
+                hnsw_config=qm.HnswConfigDiff(ef_construct=self.hnsw_ef_construct)
+                if self.hnsw_ef_construct
+                else None,
                 sparse_vectors_config={SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)}
                 if spec.sparse == "bm25"
                 else None,
@@ -213,7 +242,20 @@ class ServerBackend:
 
     def query(self, physical: str, search: Search) -> list[Record]:
         s = search
-        dense_params = qm.SearchParams(hnsw_ef=s.hnsw_ef) if s.hnsw_ef else None
+        ef = s.hnsw_ef or self.hnsw_ef
+        dense_params = (
+            qm.SearchParams(
+                hnsw_ef=ef,
+                exact=s.exact,
+                acorn=(
+                    qm.AcornSearchParams(enable=True, max_selectivity=1.0)
+                    if s.acorn and not self._older_than(ACORN_SINCE)
+                    else None
+                ),
+            )
+            if ef or s.exact or s.acorn
+            else None
+        )
         idf = qm.SearchParams(idf=qm.IdfCorpusParams(corpus=s.idf_corpus)) if s.idf_corpus else None
         dense = s.vector.tolist() if s.vector is not None else None
         sparse = qm.SparseVector(indices=list(s.sparse[0]), values=list(s.sparse[1])) if s.sparse else None

@@ -42,7 +42,7 @@ from services.store.backend import (
     Record,
     Search,
 )
-from services.store.filters import parse_filter, tenant_filter
+from services.store.filters import parse_filter, payload_keys, tenant_filter
 from services.store.names import (
     DOC_ID_KEY,
     MAX_DIMENSION,
@@ -525,7 +525,9 @@ class VectorStore:
         if mode not in MODES:
             raise InvalidInput(f"mode must be one of {', '.join(MODES)}", field="mode")
         flt = parse_filter(filter)
-        _, phys = self._target(tenant, name, physical)
+        info, phys = self._target(tenant, name, physical)
+        keys = payload_keys(flt)
+        exact = not keys <= info.indexes.keys()
         options = _search_options(
             phys, name, mode, sparse_query, fusion, weights, diversity, candidates, top_k
         )
@@ -539,6 +541,8 @@ class VectorStore:
             with_payload=True if with_payload else [DOC_ID_KEY],
             mode=mode,
             idf_corpus=tenant_filter(tenant) if mode != "dense" else None,
+            exact=exact,
+            acorn=bool(keys) and not exact,
             **options,
         )
         hits = self._on_physical(tenant, name, phys.name, self.backend.query, search)

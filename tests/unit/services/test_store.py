@@ -733,3 +733,81 @@ def test_a_qdrant_server_gets_one_request_and_an_old_one_a_clear_400() -> None:
     assert dense.using is None and dense.limit == 30
     assert sparse.using == "bm25" and sparse.params == qm.SearchParams(idf=qm.IdfCorpusParams(corpus=corpus))
     assert kwargs["query_filter"] == corpus and kwargs["limit"] == 3
+
+
+def test_server_search_params_carry_ef_exact_and_acorn() -> None:
+    """The dense stage's parameters a Qdrant server gets: the settings' ef, exact search for an unindexed
+    filter key, ACORN for indexed ones (left out for a server older than 1.16, which would reject it)."""
+    client = MagicMock()
+    client.info.return_value = SimpleNamespace(version="1.20.0")
+    backend = ServerBackend(client, hnsw_ef=384)
+    flt = qm.Filter(must=[qm.FieldCondition(key=TENANT_KEY, match=qm.MatchValue(value=A))])
+    base = Search(vector=_vec(0), filter=flt, limit=3)
+    acorn = qm.AcornSearchParams(enable=True, max_selectivity=1.0)
+    for search, params in [
+        (base, qm.SearchParams(hnsw_ef=384, exact=False)),
+        (replace(base, hnsw_ef=64, exact=True), qm.SearchParams(hnsw_ef=64, exact=True)),
+        (replace(base, acorn=True), qm.SearchParams(hnsw_ef=384, exact=False, acorn=acorn)),
+    ]:
+        backend.query("phys", search)
+        assert client.query_points.call_args.kwargs["search_params"] == params
+    client.info.return_value = SimpleNamespace(version="1.15.2")
+    ServerBackend(client).query("phys", replace(base, acorn=True))
+    assert client.query_points.call_args.kwargs["search_params"] == qm.SearchParams(exact=False)
+
+
+def test_filter_on_an_unindexed_key_searches_exactly_after_an_index_build(tmp_path: Path) -> None:
+    """HNSW follows only points that pass the filter: after the build, a 10% filter on a key with no
+    payload index found a fraction of its matches. The store searches such filters exactly, asks for
+    ACORN once the key is indexed after the graph (no payload-aware links), and not where the key was
+    indexed before the build (the links serve it; ACORN would cost 3-4x for nothing)."""
+    # a small full-scan threshold: the planner would otherwise search these 4,000 points exactly anyway
+    tuning = EdgeTuning(flush_ms=0, index_threshold=10**9, full_scan_threshold_kb=10)
+    store = VectorStore(EdgeBackend(tmp_path / "edge", tuning))
+    try:
+        dim, n = 32, 4000
+        rng = np.random.default_rng(3)
+        centres = rng.standard_normal((40, dim)).astype(np.float32)
+        x = centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        backend = store.backend
+        assert isinstance(backend, EdgeBackend)
+        acorn: list[bool] = []
+        for name in ("late", "early"):
+            store.create_collection(A, name, Layout("m", "1", dim))
+            if name == "early":
+                store.ensure_payload_index(A, name, "g", "integer")
+            points = [PointIn(f"d{i}", x[i], {"g": i % 10}) for i in range(n)]
+            for s in range(0, n, 1000):
+                store.upsert(A, name, points[s : s + 1000])
+            physical = store.get_collection(A, name).physical
+            assert backend.build_index(physical)
+            assert backend.unindexed(physical) == 0
+            edge = backend._shard(physical).edge
+            query = edge.query
+            edge.query = lambda *a, query=query, **kw: acorn.append(kw["acorn"]) or query(*a, **kw)  # type: ignore[method-assign]
+        queries = centres[:20] / np.linalg.norm(centres[:20], axis=1, keepdims=True)
+        flt = {"must": [{"key": "g", "match": {"value": 3}}]}
+        match = np.flatnonzero(np.arange(n) % 10 == 3)
+
+        def recall(name: str) -> float:
+            got = 0.0
+            acorn.clear()
+            for q in queries:
+                want = {f"d{i}" for i in match[np.argsort(-(x[match] @ q))[:10]]}
+                hits = store.search(A, name, q, top_k=10, filter=flt, with_payload=False)
+                got += len({h.id for h in hits} & want) / 10
+            return got / len(queries)
+
+        assert recall("late") == 1.0 and not any(acorn)  # exact: the key has no payload index
+        store.ensure_payload_index(A, "late", "g", "integer")
+        assert recall("late") >= 0.9 and all(acorn)  # plain HNSW strands on the few linked matches
+        assert recall("early") >= 0.9 and not any(acorn)
+        store.close()
+        store = VectorStore(EdgeBackend(tmp_path / "edge", tuning))  # what was linked survives a restart
+        backend = store.backend
+        assert isinstance(backend, EdgeBackend)
+        assert backend._shard(store.get_collection(A, "early").physical).linked == {TENANT_KEY, "g"}
+        assert backend._shard(store.get_collection(A, "late").physical).linked == {TENANT_KEY}
+    finally:
+        store.close()
