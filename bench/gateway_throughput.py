@@ -269,8 +269,12 @@ def load(
     seconds: float,
     meter: CpuMeter | None = None,
     honor_retry_after: bool = False,
+    path: str | None = None,
 ) -> dict[str, object]:
+    """bench/loadgen.py in its own process. With `path`, `texts_file` holds whole request bodies posted
+    there in turn (see bench/loadgen.py); without, sentences for /v1/embeddings."""
     before = meter.read() if meter else {}
+    source = ["--texts", texts_file] if path is None else ["--bodies", texts_file, "--path", path]
     out = subprocess.run(
         [
             sys.executable,
@@ -280,8 +284,7 @@ def load(
             url,
             "--model",
             MODEL,
-            "--texts",
-            texts_file,
+            *source,
             "--clients",
             str(clients),
             "--batch",

@@ -1,7 +1,9 @@
 """A bounded closed-loop load generator, run as its own process so it does not share the server's loop.
 
 Each of `clients` coroutines sends `batch` sentences per request to a loopback URL until `requests`
-requests are done or `seconds` pass, whichever is first. Prints one JSON line of results.
+requests are done or `seconds` pass, whichever is first. Prints one JSON line of results. With
+`--bodies` (a JSON list of request bodies) it posts those in turn to `--path` instead, e.g. one image
+per `/v1/embed` request; `batch` then says how many items one body carries.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ async def run(
     seconds: float,
     headers: dict[str, str],
     honor_retry_after: bool = False,
+    path: str = "/v1/embeddings",
+    bodies: list[dict[str, object]] | None = None,
 ) -> dict[str, object]:
     """`honor_retry_after`: a refused client waits what Retry-After says before its next request, as the
     official OpenAI client does; otherwise it retries at once (a misbehaving client)."""
@@ -48,13 +52,19 @@ async def run(
 
         async def client(cid: int) -> None:
             nonlocal sent
-            i = cid * batch
+            i = cid * batch if bodies is None else cid
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
-                chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
-                i += batch * clients
+                if bodies is None:
+                    body: dict[str, object] = {
+                        "model": model,
+                        "input": [texts[(i + k) % len(texts)] for k in range(batch)],
+                    }
+                    i += batch * clients
+                else:
+                    body, i = bodies[i % len(bodies)], i + clients
                 t0 = time.perf_counter()
-                async with session.post(f"{url}/v1/embeddings", json={"model": model, "input": chunk}) as r:
+                async with session.post(f"{url}{path}", json=body) as r:
                     await r.read()
                     statuses[r.status] = statuses.get(r.status, 0) + 1
                     wait = float(r.headers.get("Retry-After", 0)) if r.status in (429, 503) else 0.0
@@ -93,7 +103,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
     p.add_argument("--model", default="all-minilm-l6-v2")
-    p.add_argument("--texts", required=True, help="JSON file with a list of strings")
+    p.add_argument("--texts", help="JSON file with a list of strings")
+    p.add_argument("--bodies", help="JSON file with a list of request bodies (instead of --texts)")
+    p.add_argument("--path", default="/v1/embeddings")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--requests", type=int, default=2000)
@@ -101,11 +113,26 @@ def main() -> None:
     p.add_argument("--api-key")
     p.add_argument("--honor-retry-after", action="store_true")
     a = p.parse_args()
-    with open(a.texts) as f:
-        texts = json.load(f)
+    if (a.texts is None) == (a.bodies is None):
+        p.error("give --texts or --bodies")
+    with open(a.texts or a.bodies) as f:
+        data = json.load(f)
+    texts, bodies = (data, None) if a.texts else ([], data)
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
     result = asyncio.run(
-        run(a.url, a.model, texts, a.clients, a.batch, a.requests, a.seconds, headers, a.honor_retry_after)
+        run(
+            a.url,
+            a.model,
+            texts,
+            a.clients,
+            a.batch,
+            a.requests,
+            a.seconds,
+            headers,
+            a.honor_retry_after,
+            a.path,
+            bodies,
+        )
     )
     print(json.dumps(result))
 

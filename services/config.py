@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     triton_metrics_port: int = 0
     triton_instance_count: int = Field(1, ge=1, description="instances per model on the CPU target")
     triton_ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per instance")
+    triton_torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads per CPU instance of a torch engine (vlm): vlm-shapes runs no "
+        "faster on 2 than on 1 and burns twice the CPU (OpenMP threads spin on the gateway's cores); raise "
+        "it for a full-size backbone on a many-core node",
+    )
     triton_startup_timeout_s: float = 120.0
     triton_nice: int = Field(
         0,

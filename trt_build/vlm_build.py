@@ -33,7 +33,11 @@ def vlm_options(spec: ModelSpec, settings: Settings, target: str) -> VlmOptions:
     patches = spec.batching.max_batch_patches
     if target == "cpu":
         return VlmOptions(
-            device="cpu", dtype="float32", instance_count=settings.triton_instance_count, max_patches=patches
+            device="cpu",
+            dtype="float32",
+            instance_count=settings.triton_instance_count,
+            threads=settings.triton_torch_threads,
+            max_patches=patches,
         )
     return VlmOptions(device="cuda", dtype="bfloat16", max_patches=patches)
 

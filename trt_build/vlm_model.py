@@ -230,6 +230,37 @@ def backbone_forward(
     return pooling.l2_normalize(pooling.pool(out.last_hidden_state, mask, "last-token"))
 
 
+class LinearPatchEmbed(torch.nn.Module):
+    """Qwen2/2.5/3-VL's patch embedding as one matmul: its Conv3d has kernel = stride over a patch that
+    arrives already flattened, so it is a linear map of the patch; on CPU the convolution took 11% of
+    the engine's time for 56-px images. Same weights, same flatten order (channel, time, row, column)."""
+
+    def __init__(self, conv: torch.nn.Conv3d) -> None:
+        super().__init__()
+        self.embed_dim = conv.out_channels
+        self.weight = torch.nn.Parameter(
+            conv.weight.detach().reshape(self.embed_dim, -1), requires_grad=False
+        )
+        self.bias = conv.bias
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.reshape(-1, self.weight.shape[1]).to(self.weight.dtype)
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def linear_patch_embed(visual: Any) -> bool:
+    """Swap a vision tower's Conv3d patch embedding for `LinearPatchEmbed` where it is one (kernel =
+    stride, no padding); False where the tower has another shape and keeps its own."""
+    embed = getattr(visual, "patch_embed", None)
+    conv = getattr(embed, "proj", None)
+    if not isinstance(conv, torch.nn.Conv3d):
+        return False
+    if tuple(conv.kernel_size) != tuple(conv.stride) or any(conv.padding) or conv.groups != 1:
+        return False
+    visual.patch_embed = LinearPatchEmbed(conv)
+    return True
+
+
 class VlmEngine:
     """The backbone (`Qwen2VLModel`-like: `.visual` + `.language_model`) and the batch forward."""
 
@@ -246,6 +277,7 @@ class VlmEngine:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
+        linear_patch_embed(self.model.visual)
         self.padding_side = padding_side
         self.max_batch_tokens = max_batch_tokens  # padded rows x width of one forward
         config = model.config
@@ -362,6 +394,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = _params(config)
         device = params.get("device", "cuda")
+        if device == "cpu":  # idle OpenMP threads spin: a tiny backbone burnt 2x the CPU on 2 threads
+            torch.set_num_threads(int(params.get("threads", "1")))
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError("vlm engine: CUDA is not available in the python-backend stub")

@@ -23,6 +23,7 @@ class VlmOptions:
     dtype: str = "bfloat16"
     attn_implementation: str = "sdpa"
     instance_count: int = 1
+    threads: int = 1  # torch intra-op threads of a CPU instance (ignored on CUDA)
     max_requests: int = 8  # Triton max_batch_size: item groups merged into one execute
     queue_delay_us: int = 500
     max_patches: int = 1 << 17  # vision patches per forward (~32 1-megapixel images)
@@ -57,6 +58,7 @@ def vlm_config(spec: ModelSpec, patch_dim: int, opts: VlmOptions | None = None) 
         "max_seq_length": spec.max_seq_length,
         "max_batch_tokens": spec.batching.max_batch_tokens,
         "max_patches": opts.max_patches,
+        "threads": opts.threads,
         "registry_version": spec.version,
     }
     parts = [

@@ -106,11 +106,11 @@ def open_store(settings: Settings) -> VectorStore:
     if settings.qdrant_url:
         return VectorStore(
             ServerBackend.connect(
-            settings.qdrant_url,
-            settings.qdrant_api_key,
-            hnsw_ef=settings.store_hnsw_ef,
-            hnsw_ef_construct=settings.store_hnsw_ef_construct,
-        )
+                settings.qdrant_url,
+                settings.qdrant_api_key,
+                hnsw_ef=settings.store_hnsw_ef,
+                hnsw_ef_construct=settings.store_hnsw_ef_construct,
+            )
         )
     if settings.store_socket is not None and settings.store_key:
         from services.store.host import RemoteBackend

@@ -6,6 +6,7 @@ the random folders and the LoRA merge."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -44,8 +45,8 @@ class Fixture:
         self.tok = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
         cls = getattr(transformers, FAMILIES[family][1])
         self.hf = cls.from_pretrained(self.dir, attn_implementation="sdpa").eval()
-        # the engine shares the backbone object: HF's forward leaving `rope_deltas` on it must not matter
-        self.engine = vm.VlmEngine(self.hf.model, device="cpu", padding_side="left")
+        # a copy: the engine swaps the patch embedding for its linear form, the reference keeps HF's conv
+        self.engine = vm.VlmEngine(copy.deepcopy(self.hf.model), device="cpu", padding_side="left")
         rng = np.random.default_rng(0)
         self.images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((60, 90, 3), (100, 70, 3))]
         self.frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
@@ -138,6 +139,20 @@ def test_swapping_the_image_moves_the_vector(fx: Fixture) -> None:
     prompt = "<|image_pad|> Represent the given image."
     a, b = (fx.engine.embed([engine_request([fx.item(prompt, [img])])])[0][0] for img in fx.images)
     assert 1 - float(a @ b) > 1e-3  # HF's std-0.02 init would leave this near 1e-5
+
+
+def test_the_engine_embeds_patches_with_one_matmul_equal_to_the_conv(fx: Fixture) -> None:
+    assert isinstance(fx.engine.model.visual.patch_embed, vm.LinearPatchEmbed)
+    assert not isinstance(fx.hf.model.visual.patch_embed, vm.LinearPatchEmbed)  # the reference's own
+    for bias in (False, True):  # Qwen2/2.5-VL have none, Qwen3-VL has one
+        conv = torch.nn.Conv3d(3, 16, kernel_size=(2, 14, 14), stride=(2, 14, 14), bias=bias)
+        pixels = torch.randn(37, 3 * 2 * 14 * 14)
+        with torch.no_grad():
+            want = conv(pixels.view(-1, 3, 2, 14, 14)).view(-1, 16)
+            got = vm.LinearPatchEmbed(conv)(pixels)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    padded = types.SimpleNamespace(patch_embed=types.SimpleNamespace(proj=torch.nn.Conv3d(3, 4, 2, 2, 1)))
+    assert not vm.linear_patch_embed(padded)  # a conv that is no per-patch linear map stays as it is
 
 
 def test_rope_deltas_cannot_leak(fx: Fixture) -> None:
@@ -239,6 +254,11 @@ def test_triton_config(tmp_path: Path) -> None:
     assert list(cfg.output[0].dims) == [-1, 32] and cfg.output[0].name == vm.OUTPUT_NAME
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["padding_side"] == "left" and params["max_batch_tokens"] == "8192"
+    assert params["threads"] == "1"
+    threaded = text_format.Parse(
+        vlm_config(tiny_spec(), 1176, VlmOptions(threads=4)), model_config_pb2.ModelConfig()
+    )
+    assert threaded.parameters["threads"].string_value == "4"
 
 
 def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,7 +267,9 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
         pytest.skip("one family is enough for the Triton wrapper")
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     root = tmp_path / "vlm-tiny"
-    weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, VlmOptions(device="cpu"))
+    weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, VlmOptions(device="cpu", threads=3))
+    threads: list[int] = []  # what the stub would set in its own process, not in this one
+    monkeypatch.setattr(vm.torch, "set_num_threads", threads.append)
     assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
     assert (root / "1" / "model.py").read_text() == Path(vm.__file__).read_text()
     assert (root / "1" / "pooling.py").read_text() == Path(vm.__file__).with_name("pooling.py").read_text()
@@ -260,6 +282,7 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
             "model_version": "1",
         }
     )
+    assert threads == [3]
     items = fx.items()
     req = engine_request([items["text"], items["image"]])
     good = {
