@@ -51,13 +51,6 @@ class Settings(BaseSettings):
         "it for a full-size backbone on a many-core node",
     )
     triton_startup_timeout_s: float = 120.0
-    triton_nice: int = Field(
-        0,
-        ge=0,
-        le=19,
-        description="niceness of a local tritonserver: above 0 the gateway's event loop (admission, 429s, "
-        "batching) runs first when both want the same cores",
-    )
     triton_timeout_s: float = Field(30.0, description="per-call deadline for a Triton inference")
     build_target: Literal["cpu", "gpu", "torch-cuda"] = "cpu"
     encoder_transport: Literal["grpc", "shm"] = Field(

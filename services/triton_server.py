@@ -121,9 +121,6 @@ class LocalTriton:
         if self.models is not None:
             cmd.append("--model-control-mode=explicit")
             cmd += [f"--load-model={m}" for m in self.models]
-        nice = shutil.which("nice")
-        if self.settings.triton_nice and nice:  # set at exec: every thread and stub inherits it
-            cmd = [nice, "-n", str(self.settings.triton_nice), *cmd]
         return cmd
 
     def env(self) -> dict[str, str]:
