@@ -672,7 +672,7 @@ def load(folder: Path) -> tuple[Any, Preprocessor]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="trt_build/assets/vlm-shapes")
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--steps", type=int, default=3200)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--temperature", type=float, default=TEMPERATURE)
