@@ -1,9 +1,16 @@
 """A bounded closed-loop load generator, run as its own process so it does not share the server's loop.
 
 Each of `clients` coroutines sends `batch` sentences per request to a loopback URL until `requests`
-requests are done or `seconds` pass, whichever is first. Prints one JSON line of results. With
-`--bodies` (a JSON list of request bodies) it posts those in turn to `--path` instead, e.g. one image
-per `/v1/embed` request; `batch` then says how many items one body carries.
+requests are done or `seconds` pass, whichever is first. Prints one JSON line of results, with the
+generator's own CPU seconds per request. With `--bodies` (a JSON list of request bodies) it posts those
+in turn to `--path` instead, e.g. one image per `/v1/embed` request; `batch` then says how many items one
+body carries.
+
+The client is a minimal HTTP/1.1 keep-alive one over asyncio streams (on uvloop where installed), request
+bytes encoded once up front: on a 2-core machine the load generator shares the cores with the server it
+measures, and aiohttp's client spent about as much CPU a request as the gateway itself (measured: see
+bench/README.md), CPU that the served column lost and the in-process reference never paid. Every server
+in a comparison (ours and the peers) is loaded by this same client.
 """
 
 from __future__ import annotations
@@ -11,16 +18,78 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import time
 from urllib.parse import urlparse
 
 import numpy as np
 
 
-def _loopback_only(url: str) -> None:
-    host = urlparse(url).hostname or ""
+def _loopback_only(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         raise SystemExit(f"refusing non-loopback target {host!r}")
+    return host, parsed.port or 80
+
+
+def encode_request(host: str, port: int, path: str, body: object, headers: dict[str, str]) -> bytes:
+    """One POST as wire bytes; the body is JSON, the connection kept alive."""
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+class Connection:
+    """One keep-alive connection: write a request, read status, Retry-After and the whole body."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, data: bytes) -> tuple[int, float]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        reader = self.reader
+        self.writer.write(data)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length, retry_after, chunked, close = -1, 0.0, False, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"retry-after":
+                retry_after = float(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = value.strip().lower() == b"close"
+        if chunked:
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                await reader.readexactly(size + 2)
+            await reader.readuntil(b"\r\n")  # the last chunk's trailer line
+        elif length >= 0:
+            await reader.readexactly(length)
+        else:  # no length: the body runs to the end of the connection
+            await reader.read()
+            close = True
+        if close:
+            self.close()
+        return status, retry_after
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 async def run(
@@ -38,46 +107,58 @@ async def run(
 ) -> dict[str, object]:
     """`honor_retry_after`: a refused client waits what Retry-After says before its next request, as the
     official OpenAI client does; otherwise it retries at once (a misbehaving client)."""
-    import aiohttp
-
-    _loopback_only(url)
+    host, port = _loopback_only(url)
+    full_path = urlparse(url).path.rstrip("/") + path
+    if bodies is None:  # the request starting at each sentence, encoded once
+        starts = len(texts)
+        wire = [
+            encode_request(
+                host,
+                port,
+                full_path,
+                {"model": model, "input": [texts[(i + k) % len(texts)] for k in range(batch)]},
+                headers,
+            )
+            for i in range(starts)
+        ]
+    else:
+        wire = [encode_request(host, port, full_path, b, headers) for b in bodies]
     latencies: list[float] = []
     by_status: dict[int, list[float]] = {}
     statuses: dict[int, int] = {}
     sent = 0
     deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=clients)
+    step = batch * clients if bodies is None else clients
 
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-
-        async def client(cid: int) -> None:
-            nonlocal sent
-            i = cid * batch if bodies is None else cid
+    async def client(cid: int) -> None:
+        nonlocal sent
+        conn = Connection(host, port)
+        i = cid * batch if bodies is None else cid
+        try:
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
-                if bodies is None:
-                    body: dict[str, object] = {
-                        "model": model,
-                        "input": [texts[(i + k) % len(texts)] for k in range(batch)],
-                    }
-                    i += batch * clients
-                else:
-                    body, i = bodies[i % len(bodies)], i + clients
+                data, i = wire[i % len(wire)], i + step
                 t0 = time.perf_counter()
-                async with session.post(f"{url}{path}", json=body) as r:
-                    await r.read()
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-                    wait = float(r.headers.get("Retry-After", 0)) if r.status in (429, 503) else 0.0
+                try:
+                    status, wait = await conn.request(data)
+                except (ConnectionError, asyncio.IncompleteReadError):  # counted as status 0, reconnects
+                    conn.close()
+                    status, wait = 0, 0.0
                 took = time.perf_counter() - t0
+                statuses[status] = statuses.get(status, 0) + 1
                 latencies.append(took)
-                by_status.setdefault(r.status, []).append(took)
-                if honor_retry_after and wait:
+                by_status.setdefault(status, []).append(took)
+                if honor_retry_after and wait and status in (429, 503):
                     await asyncio.sleep(wait)
+        finally:
+            conn.close()
 
-        # warm-up: one request per client
-        started = time.perf_counter()
-        await asyncio.gather(*(client(c) for c in range(clients)))
-        wall = time.perf_counter() - started
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    wall = time.perf_counter() - started
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     lat = np.asarray(latencies) * 1000
     ok = statuses.get(200, 0)
     return {
@@ -96,6 +177,7 @@ async def run(
             str(code): {q: float(np.percentile(np.asarray(v) * 1000, int(q[1:]))) for q in ("p50", "p99")}
             for code, v in by_status.items()
         },
+        "loadgen_cpu_ms_per_request": cpu * 1000 / max(1, len(latencies)),
     }
 
 
@@ -119,6 +201,12 @@ def main() -> None:
         data = json.load(f)
     texts, bodies = (data, None) if a.texts else ([], data)
     headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
+    try:  # uvloop (installed with uvicorn[standard]) halves the loop's own cost
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     result = asyncio.run(
         run(
             a.url,

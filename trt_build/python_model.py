@@ -1,9 +1,10 @@
 """Triton python-backend model: ONNX Runtime on CPU behind the same I/O as the GPU engines.
 
-Copied into the repository as `<model>/<version>/model.py`. It imports only numpy, onnxruntime and the
-backend's own utilities (the stub runs it in its own process). All requests of one `execute` call are
-merged into one set of rows, sorted by true length and run in padded chunks: padding, not the model,
-decides CPU throughput, and requests from different gateway processes arrive with different lengths.
+Copied into the repository as `<model>/<version>/model.py` (the stub runs it in its own process). It
+imports only numpy, onnxruntime, the backend's own utilities and `run_plan` (copied beside it). All
+requests of one `execute` call are merged into one set of rows, sorted by true length and run in the
+padded runs `run_plan.plan_runs` picks (fewest padded tokens at a price per call): padding, not the
+model, decides CPU throughput, and a gateway's batch holds sentences in arrival order, of every length.
 Token models take every int64 input the config names (a cross-encoder adds `token_type_ids`); each
 request's rows go back shaped as the config's output dims (a reranker's [n] scores as [n, 1]).
 """
@@ -17,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from .run_plan import plan_runs
+
 MAX_ROWS_PER_RUN = 64
-MIN_ROWS_PER_RUN = 8  # below this, per-call overhead outweighs the padding a split would save
-MAX_PAD_RATIO = 1.5  # start a new run when the longest row is this much longer than the next one
 
 
 class TritonPythonModel:
@@ -66,17 +67,9 @@ class TritonPythonModel:
         lengths = merged[self.input_names.index("attention_mask")].sum(axis=1)
         order = np.argsort(-lengths, kind="stable")
         out: np.ndarray | None = None
-        start = 0
-        while start < total:
-            longest = max(int(lengths[order[start]]), 1)
-            limit = max(1, min(MAX_ROWS_PER_RUN, self.max_tokens // longest, total - start))
-            rows = 1
-            # rows are sorted longest first: stop before one would pad by more than MAX_PAD_RATIO
-            while rows < limit and (
-                rows < MIN_ROWS_PER_RUN or longest <= MAX_PAD_RATIO * lengths[order[start + rows]]
-            ):
-                rows += 1
-            idx = order[start : start + rows]
+        for start, stop in plan_runs(lengths[order], MAX_ROWS_PER_RUN, self.max_tokens):
+            idx = order[start:stop]
+            longest = max(int(lengths[idx[0]]), 1)
             result = self._run(
                 {
                     name: merged[k, idx, :longest]
@@ -87,7 +80,6 @@ class TritonPythonModel:
             if out is None:
                 out = np.empty((total, *result.shape[1:]), dtype=np.float32)
             out[idx] = result
-            start += rows
         assert out is not None
         return out
 

@@ -22,6 +22,7 @@ BUILD_CODE = [
         "pooling.py",
         "model_files.py",
         "python_model.py",
+        "run_plan.py",
         "triton_config.py",
         "torch_cuda_model.py",
         "buckets.py",

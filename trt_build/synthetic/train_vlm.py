@@ -71,6 +71,9 @@ EXPERIMENTS = {
     "1e-4: held-out 0.55 (4 renders per combination), 0.68 (fresh renders)",
     "lr 1e-4, 16 renders, groups from 40%, 600 steps (e10)": "t2i 0.420, cir 0.252",
     "lr 3e-4, 16 renders, groups from 40%, 600 steps (e11)": "t2i 0.565, cir 0.444",
+    "this recipe with video, 600 steps, 56 px vs 112 px (2026-12-01; bench/vlm_quality.py)": "56 px: t2i "
+    "0.608, cir 0.388, QA shape 0.20; 112 px: t2i 0.358, cir 0.160, QA shape 0.14 (1.9x the time a step): "
+    "resolution is not what holds shape back",
 }
 
 # VLM2Vec's strings (templates.md section 2) in the V2-eval form the registry's `vlm2vec` preset uses

@@ -129,7 +129,12 @@ def _load_triton_model(root: Path, monkeypatch: pytest.MonkeyPatch):  # type: ig
     utils.InferenceResponse = types.SimpleNamespace  # type: ignore[attr-defined]
     utils.get_input_tensor_by_name = lambda request, name: _Tensor(name, request[name])  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
-    loader = importlib.util.spec_from_file_location("rerank_entry", root / "1" / "model.py")
+    # as the stub does: the version folder is a package, so model.py's relative imports find its siblings
+    version = types.ModuleType("rerank_entry")
+    version.__path__ = [str(root / "1")]
+    monkeypatch.setitem(sys.modules, "rerank_entry", version)
+    monkeypatch.delitem(sys.modules, "rerank_entry.run_plan", raising=False)
+    loader = importlib.util.spec_from_file_location("rerank_entry.model", root / "1" / "model.py")
     assert loader is not None and loader.loader is not None
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
