@@ -148,6 +148,45 @@ async def test_errors_reach_every_caller_and_batcher_survives() -> None:
     await b.close()
 
 
+async def test_the_next_batch_starts_before_the_last_batch_is_answered() -> None:
+    """The encoder is not kept waiting while a batch's callers run their response paths: the slot is
+    freed when the vectors are back, and callers are resumed a slice at a time after the next batch left."""
+    first: list[asyncio.Task[np.ndarray]] = []
+    answered_when_second_started: list[int] = []
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def run(batch: list[np.ndarray]) -> np.ndarray:
+        if not started.is_set():
+            started.set()
+            await gate.wait()
+        else:
+            answered_when_second_started.append(sum(t.done() for t in first))
+        return np.array([[len(r), r[0]] for r in batch], dtype=np.float32)
+
+    b = Batcher("m", run, max_batch_tokens=4096, max_batch_size=16, max_wait_ms=0, max_queue=100, inflight=1)
+    first.extend(asyncio.create_task(submit(b, rows(1 + i, base=i))) for i in range(16))
+    await started.wait()
+    second = asyncio.create_task(submit(b, rows(3, base=100)))
+    await queued(b, 1)
+    gate.set()
+    outs = await asyncio.gather(*first)
+    assert (await second)[0].tolist() == [3, 100]
+    assert sorted(o[0].tolist() for o in outs) == [[1 + i, i] for i in range(16)]
+    assert answered_when_second_started == [0]  # not one of the 16 callers had been answered yet
+    await b.close()
+
+
+async def test_an_encoder_returning_the_wrong_number_of_rows_fails_every_caller() -> None:
+    async def short(batch: list[np.ndarray]) -> np.ndarray:
+        return np.zeros((len(batch) - 1, 2), dtype=np.float32)
+
+    b = make(short)  # type: ignore[arg-type]
+    both = asyncio.gather(submit(b, rows(1)), submit(b, rows(2)), return_exceptions=True)
+    results = await asyncio.wait_for(both, 10)  # before: the callers were never answered
+    assert all(isinstance(r, RuntimeError) and "rows for" in str(r) for r in results)
+    await b.close()
+
+
 async def test_online_lane_before_backfill() -> None:
     run = Recorder()
     run.gate = asyncio.Event()
