@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from trt_build.qwen_tokenizer import compact_tokenizer, special_tokens, tokenizer_config
 from trt_build.synthetic import shapes
-from trt_build.vlm_model import Batch, TokenSpec, VlmRequest, assemble, backbone_forward
+from trt_build.vlm_model import Batch, TokenSpec, VlmRequest, assemble, backbone_forward, linear_patch_embed
 from trt_build.vlm_random import redraw
 
 IMAGE_SIDE = 56  # 64 px renders -> 56 px: 4 x 4 patches, 2 x 2 merged tokens (112 px: 2x the time, no better)
@@ -274,12 +274,6 @@ class Preprocessor:
         return assemble([self.request(i) for i in items], "left", 0)
 
 
-def _linear_patch_embed(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    """PatchEmbed's stride = kernel Conv3d as the matmul it is (its CPU backward took 4x as long)."""
-    weight = self.proj.weight
-    return F.linear(hidden_states.to(weight.dtype).view(-1, weight[0].numel()), weight.flatten(1))
-
-
 def _batched_vision_attention(
     self: Any, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings: Any, **kwargs: Any
 ) -> torch.Tensor:
@@ -302,7 +296,7 @@ def fast_training_kernels(model: Any) -> Any:
     """Same math, fewer and larger CPU ops, for this model object only (the saved weights and the
     served engine are untouched; tests check both paths give the same vectors)."""
     visual = model.model.visual
-    visual.patch_embed.forward = types.MethodType(_linear_patch_embed, visual.patch_embed)
+    linear_patch_embed(visual)
     for block in visual.blocks:
         block.attn.forward = types.MethodType(_batched_vision_attention, block.attn)
     return model

@@ -90,6 +90,7 @@ def test_training_inputs_equal_serving_inputs(setup, task: str) -> None:
 def test_fast_training_kernels_compute_the_same_vectors(setup) -> None:
     _, tok, model, prep, _ = setup
     fast = tv.fast_training_kernels(tv.build_model(tok, ARGS))
+    assert fast.state_dict().keys() == model.state_dict().keys()  # saved as transformers loads it
     train, _ = shapes.split_combinations()
     items = [
         i
