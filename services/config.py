@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         ge=0,
         description="how long a partial batch waits for more rows while the encoder is free; 0 = send now "
         "(rows queue while a batch runs, which is what forms batches: on CPU 0 beat 2 ms unloaded and "
-        "under 64 clients, bench/README.md)",
+        "under 64 clients, docs/operations.md)",
     )
     max_queue_inputs: int = Field(4096, ge=1, description="queued inputs per model before 429")
     inflight_batches: int = Field(

@@ -62,6 +62,14 @@ def test_one_client_reads_every_kind_of_answer_and_reconnects_after_a_close() ->
     assert len(connections) == 2  # the 503 closed the first connection; the client opened one more
 
 
-def test_refuses_a_non_loopback_target() -> None:
+def test_refuses_a_non_loopback_target_before_any_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[tuple[object, ...]] = []
+
+    async def recording_connect(*args: object, **kwargs: object) -> None:  # records, never connects
+        attempts.append(args)
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(asyncio, "open_connection", recording_connect)
     with pytest.raises(SystemExit, match="non-loopback"):
         asyncio.run(loadgen.run("http://10.0.0.1:80", "m", ["a"], 1, 1, 1, 1.0, {}))
+    assert attempts == []
