@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes of the gateway")
+    gc_freeze: bool = Field(
+        True,
+        description="move the heap built at startup out of the collector's reach (gc.freeze): unfrozen, "
+        "each full collection walked it, a 140-160 ms pause of the event loop every few seconds under load "
+        "(docs/operations.md)",
+    )
     log_level: str = "info"
     data_dir: Path = Field(PACKAGE_ROOT / "var", description="local state: qdrant, blobs, jobs, logs")
 

@@ -3,6 +3,7 @@ refusals before any model work, error shapes naming the field, auth, and the adm
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,6 +37,19 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runti
 
 
 AUTH = {"Authorization": "Bearer k1"}
+
+
+async def test_the_startup_heap_is_frozen_while_serving_and_given_back_at_shutdown(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, triton_url="127.0.0.1:1", models=[MODEL], cache_backend="none")
+    app = create_app(settings, Runtime.build(settings))
+    assert gc.get_freeze_count() == 0
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > 0  # full collections no longer walk the startup heap
+    assert gc.get_freeze_count() == 0  # nothing left where the collector cannot reach it
+    off = Settings(data_dir=tmp_path, triton_url="127.0.0.1:1", models=[MODEL], gc_freeze=False)
+    app = create_app(off, Runtime.build(off))
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() == 0
 
 
 async def test_health_is_open_and_auth_is_required(client: tuple[httpx.AsyncClient, Runtime]) -> None:
