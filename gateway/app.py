@@ -40,6 +40,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="embedfleet", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.add_middleware(GatewayMiddleware, max_request_bytes=settings.max_request_bytes)
+    app.router.routes.extend(embeddings.LEAN_ROUTES)  # ahead of the routers: they answer first
     for module in ROUTERS:
         app.include_router(module.router)
     return app

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.routes import embeddings
+from services import metrics
 from services.config import Settings
 from services.runtime import Runtime
 
@@ -78,6 +81,62 @@ async def test_bad_requests_name_their_field(
     r = await c.post("/v1/embeddings", json=body, headers=AUTH)
     assert 400 <= r.status_code < 500
     assert r.json()["error"]["param"] == param, r.json()
+
+
+async def test_the_lean_route_answers_first_and_as_fastapi_route_would(
+    client: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    """POST /v1/embeddings is served by the lean Starlette route ahead of the routers; with it removed,
+    FastAPI's documented route answers every case the same (status and body), so the contract holds."""
+    c, _ = client
+    app = c._transport.app  # type: ignore[attr-defined]
+    first_router = next(i for i, r in enumerate(app.router.routes) if not isinstance(r, Route))
+    lean = [i for i, r in enumerate(app.router.routes) if r in embeddings.LEAN_ROUTES]
+    assert lean and max(lean) < first_router
+    assert "/v1/embeddings" in app.openapi()["paths"]  # still documented
+    cases = [
+        ({"model": MODEL}, AUTH),
+        ({"model": MODEL, "input": "x", "encoding_format": "hex"}, AUTH),
+        ({"model": MODEL, "input": "x", "extra": 1}, AUTH),
+        ({"model": MODEL, "input": [1, "a"]}, AUTH),
+        ({"model": "nope", "input": "x"}, AUTH),
+        ({"model": MODEL, "input": "x", "dimensions": 7}, AUTH),
+        ({"model": MODEL, "input": "x"}, {}),
+        ({"model": MODEL, "input": "x"}, {"api-key": "wrong"}),
+        ({"model": MODEL, "input": "x"}, AUTH),  # reaches the encoder: Triton at 127.0.0.1:1 refuses
+    ]
+
+    async def answers() -> list[tuple[int, object]]:
+        out = []
+        for body, headers in cases:
+            r = await c.post("/v1/embeddings", json=body, headers=headers)
+            out.append((r.status_code, r.json()))
+        return out
+
+    def counted() -> float:  # requests labelled with the route template, as dashboards group them
+        return sum(
+            s.value
+            for m in metrics.REQUESTS.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels["route"] == "/v1/embeddings"
+        )
+
+    before = counted()
+    lean_answers = await answers()
+    assert counted() - before == len(cases)
+    routes = app.router.routes
+    app.router.routes = [r for r in routes if r not in embeddings.LEAN_ROUTES]
+    try:
+        assert await answers() == lean_answers
+    finally:
+        app.router.routes = routes
+    statuses = [status for status, _ in lean_answers]
+    assert all(400 <= st < 500 for st in statuses[:-1]) and statuses[-1] == 503, statuses
+    params = [body["error"]["param"] for _, body in lean_answers[:-1]]  # type: ignore[index]
+    assert (
+        params
+        == ["input", "encoding_format", "extra", "input.str", "model", "dimensions"] + ["authorization"] * 2
+    ), params
 
 
 async def test_too_large_and_overloaded_are_refused_before_the_body_is_read(
