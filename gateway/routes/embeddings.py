@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.deps import EmbedderDep, TenantDep, get_tenant, until_disconnect
+from gateway.deps import EmbedderDep, TenantDep, get_embedder, get_tenant, until_disconnect
 from gateway.responses import json_response
 from gateway.schemas.openai import EmbeddingsRequest
 from services.embedder import Embedder
@@ -73,8 +73,7 @@ async def lean_embeddings(request: Request) -> Response:
         body = EmbeddingsRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    embedder: Embedder = request.app.state.runtime.embedder
-    return await embeddings(body, request, embedder)
+    return await embeddings(body, request, await get_embedder(request))
 
 
 class LeanRoute(Route):
