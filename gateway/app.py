@@ -40,7 +40,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="embedfleet", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.add_middleware(GatewayMiddleware, max_request_bytes=settings.max_request_bytes)
-    app.router.routes.extend(embeddings.LEAN_ROUTES)  # ahead of the routers: they answer first
+    for lean in (embeddings, embed):  # ahead of the routers: they answer first
+        app.router.routes.extend(lean.LEAN_ROUTES)
     for module in ROUTERS:
         app.include_router(module.router)
     return app

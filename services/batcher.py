@@ -119,6 +119,7 @@ class Batcher(Generic[R]):
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
+        self.inflight = inflight
         self.cost = cost
         self.queues: dict[str, deque[_Row[R]]] = {lane: deque() for lane in LANES}
         self.admitted = dict.fromkeys(LANES, 0)  # inputs holding a permit: queued or in flight

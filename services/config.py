@@ -167,6 +167,13 @@ class Settings(BaseSettings):
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_timeout_s: float = 5.0
     media_workers: int = Field(2, ge=1, description="threads for decode/resize off the event loop")
+    media_inline_pixels: int = Field(
+        16_384,
+        ge=0,
+        description="a request whose images add up to at most this many pixels (by their headers, no video) "
+        "is decoded on the event loop: for small images the hand-off to the media pool costs about what "
+        "their decode does (~0.5 ms vs ~0.9 ms, 64 px on 2 vCPU); 0 = always on the pool",
+    )
 
     @field_validator("models", "allowed_image_formats", "fetch_allowed_hosts", mode="before")
     @classmethod

@@ -152,7 +152,7 @@ class Embedder:
             max_batch_size=min(spec.batching.max_batch_size, s.max_batch_size),
             max_wait_ms=s.max_wait_ms,
             max_queue=s.max_queue_inputs,
-            inflight=s.inflight_batches,
+            inflight=spec.batching.inflight or s.inflight_batches,
             retry_after_s=s.retry_after_s,
             cost=cost,
             backfill_share=s.backfill_share,

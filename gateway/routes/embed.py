@@ -8,10 +8,19 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.deps import CalibrationsDep, EmbedderDep, TenantDep, until_disconnect
+from gateway.deps import (
+    CalibrationsDep,
+    EmbedderDep,
+    TenantDep,
+    get_calibrations,
+    get_embedder,
+    until_disconnect,
+)
 from gateway.responses import json_response
+from gateway.routes.lean import lean_post
 from gateway.schemas.native import EmbedRequest
 from services.calibration import Calibrations
+from services.embedder import Embedder
 from services.multimodal import Item, embed_items
 from services.vectors import encode_base64, quantize
 
@@ -43,6 +52,20 @@ async def embed(
     calibrations: CalibrationsDep,
     _tenant: TenantDep,
 ) -> Response:
+    return await embed_response(body, request, embedder, calibrations)
+
+
+async def _lean(body: EmbedRequest, request: Request) -> Response:
+    return await embed_response(body, request, await get_embedder(request), await get_calibrations(request))
+
+
+LEAN_ROUTES = (lean_post("/v1/embed", EmbedRequest, _lean),)
+
+
+async def embed_response(
+    body: EmbedRequest, request: Request, embedder: Embedder, calibrations: Calibrations
+) -> Response:
+    """The route's work, whichever route received it (`LEAN_ROUTES` serve it ahead of `router`)."""
     request.state.model = body.model
     texts = [item.text for item in body.inputs if item.text is not None]
     embedder.check_payload(len(body.inputs), texts, "inputs")

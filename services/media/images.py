@@ -89,6 +89,19 @@ def allowed_formats(settings: Settings) -> list[str]:
     return [f for f in dict.fromkeys(names) if f in Image.OPEN]
 
 
+def header_pixels(data: bytes, settings: Settings) -> int | None:
+    """Width x height from the header alone (Pillow opens lazily: nothing is decompressed); None where no
+    allowed format reads one. A cost estimate, not a check: `open_image` still refuses what it must."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=allowed_formats(settings)) as img:
+                width, height = img.size
+    except Exception:  # anything unreadable is for open_image to name, on the pool
+        return None
+    return width * height
+
+
 def open_image(data: bytes, settings: Settings, *, field: str = "inputs[0].image") -> Image.Image:
     """Decode bytes to an upright RGB image under the settings' byte, pixel and format limits."""
     if not data:

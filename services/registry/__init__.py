@@ -77,6 +77,10 @@ class Batching(_Strict):
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(8192, ge=1)  # vlm: language-model tokens, text + visual, padding counted
     max_batch_patches: int = Field(16384, ge=1)  # vlm: vision-tower patches per batch (images + video frames)
+    # batches in flight to Triton (None: the `inflight_batches` setting). An engine that merges the requests
+    # Triton queued while it ran into one forward (the vlm python model) keeps its batches full this way
+    # while the gateway sends each batch as soon as it forms.
+    inflight: int | None = Field(None, ge=1)
     opt_batch_size: int = Field(16, ge=1)
     min_seq_len: int = Field(1, ge=1)
     opt_seq_len: int = Field(64, ge=1)

@@ -26,7 +26,7 @@ from services.media.video import decode_frames
 from services.multimodal import Item, ItemResult, embed_items
 from services.registry import Batching, ModelSpec, Registry, Side, Vlm, load_registry
 from services.templates import Template
-from services.vlm import VlmItem, VlmModel, render_prompt, vlm_template
+from services.vlm import INLINE_TEXT_CHARS, VlmItem, VlmModel, prepare_inline, render_prompt, vlm_template
 from trt_build.synthetic import shapes
 from trt_build.vlm_model import VlmEngine, VlmRequest
 
@@ -300,3 +300,35 @@ def test_cache_key_covers_prompt_media_and_preprocessing(engine: VlmEngine, medi
     assert len(embedder.encoder.calls) == 1  # type: ignore[attr-defined]
     np.testing.assert_array_equal(again[1].vector, first[0].vector)
     np.testing.assert_array_equal(again[0].vector, first[1].vector)
+
+
+def test_small_requests_are_prepared_on_the_loop_and_the_rest_on_the_media_pool(media: dict) -> None:
+    """No video, little text, images whose headers add up to at most `media_inline_pixels`."""
+    settings = get_settings()
+    small = base64.b64decode(png(media["images"][0]))  # 64 x 64
+    big = base64.b64decode(png(Image.new("RGB", (200, 100))))  # 20,000 pixels
+    assert settings.media_inline_pixels == 16_384
+    assert prepare_inline([VlmItem(images=(small,)), VlmItem(text="a red square")], settings)
+    assert prepare_inline([VlmItem(images=(small,) * 4)], settings)  # 16,384: at the budget
+    assert not prepare_inline([VlmItem(images=(small,) * 4), VlmItem(images=(small,))], settings)
+    assert not prepare_inline([VlmItem(images=(big,))], settings)
+    assert not prepare_inline([VlmItem(images=(b"GIF89a not really",))], settings)  # the pool names it
+    assert not prepare_inline([VlmItem(video=b"anything")], settings)
+    assert not prepare_inline([VlmItem(text="x" * (INLINE_TEXT_CHARS + 1))], settings)
+    assert not prepare_inline([VlmItem(images=(small,))], get_settings(media_inline_pixels=0))
+
+
+def test_inline_and_pooled_preparation_give_the_same_vectors(engine: VlmEngine, media: dict) -> None:
+    items = [Item(image=png(media["images"][0])), Item(text="make it blue", image=png(media["images"][1]))]
+    inline, pooled = embedder_for(engine), embedder_for(engine, media_inline_pixels=0)
+    a, b = run(inline, items), run(pooled, items)
+    assert "media" not in inline._pools and "media" in pooled._pools
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.vector, y.vector)
+
+
+def test_a_models_inflight_overrides_the_setting(engine: VlmEngine) -> None:
+    assert SPEC.batching.inflight == 4  # the vlm engine merges what Triton queued meanwhile
+    spec = SPEC.model_copy(update={"batching": SPEC.batching.model_copy(update={"inflight": None})})
+    assert embedder_for(engine, inflight_batches=3).batcher(SPEC).inflight == 4
+    assert embedder_for(engine, spec, inflight_batches=3).batcher(spec).inflight == 3
