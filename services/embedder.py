@@ -21,7 +21,7 @@ from services.cache import EmbeddingCache, cache_key, fill_fresh, lookup, split_
 from services.config import Settings
 from services.encoders.base import Encoder
 from services.errors import InvalidInput, NotFound, PayloadTooLarge
-from services.media.images import decode_image
+from services.media.images import decode_image, decode_inline
 from services.media.video import decode_video
 from services.registry import Kind, ModelSpec, Registry, Side
 from services.templates import Template, resolve
@@ -380,7 +380,9 @@ class Embedder:
             if cached is not None:
                 return MediaEmbedded(cached, kind)
             timestamps = None
-            if kind == "image":
+            if kind == "image" and decode_inline([data], self.settings):
+                pixels = [decode_image(data, self.settings, spec.image, field)]
+            elif kind == "image":
                 pixels = [await self.preprocess(decode_image, data, self.settings, spec.image, field)]
             else:
                 frames, timestamps = await self.preprocess(

@@ -31,7 +31,7 @@ from services.cache import EmbeddingCache, cache_key, fill_fresh, split_cached
 from services.config import Settings
 from services.encoders.base import Encoder
 from services.errors import ConfigError, EmbedfleetError, InvalidInput, PayloadTooLarge
-from services.media.images import header_pixels, open_image
+from services.media.images import decode_inline, open_image
 from services.media.qwen2vl import (
     PreparedItem,
     QwenVLConfig,
@@ -263,24 +263,13 @@ def _naming(field: str) -> Iterator[None]:
 
 def prepare_inline(items: Sequence[VlmItem], settings: Settings) -> bool:
     """Whether to prepare these items on the event loop rather than the media pool: no video, at most
-    `INLINE_TEXT_CHARS` of text, and images whose headers add up to at most `media_inline_pixels`. For a
-    64 px image the pool's hand-off cost about what the decode does (~0.5 vs ~0.9 ms on 2 vCPU), and
-    without it the served images/s rose 20-30% (bench/README.md, "Small images on the event loop")."""
-    budget = settings.media_inline_pixels
-    if budget <= 0 or any(item.video is not None for item in items):
+    `INLINE_TEXT_CHARS` of text, and images small enough to decode there (`decode_inline`). Together with
+    several batches in flight, served images/s rose 20-30% (bench/README.md, "Small VLM requests")."""
+    if any(item.video is not None for item in items):
         return False
     if sum(len(item.text or "") for item in items) > INLINE_TEXT_CHARS:
         return False
-    pixels = 0
-    for item in items:
-        for data in item.images:
-            size = header_pixels(data, settings)
-            if size is None:
-                return False
-            pixels += size
-            if pixels > budget:
-                return False
-    return True
+    return decode_inline([data for item in items for data in item.images], settings)
 
 
 def engine_inputs(items: Sequence[PreparedItem]) -> tuple[np.ndarray, ...]:

@@ -13,7 +13,14 @@ from PIL import Image
 
 from services.config import Settings
 from services.errors import InvalidInput, PayloadTooLarge, Unprocessable, UnsupportedMedia
-from services.media.images import RemoteMedia, decode_image, open_image, parse_image_field, preprocess
+from services.media.images import (
+    RemoteMedia,
+    decode_image,
+    decode_inline,
+    open_image,
+    parse_image_field,
+    preprocess,
+)
 from services.registry import Image as ImageSpec
 
 SPEC = ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -179,3 +186,44 @@ def test_lit_shapes_serving_preprocessing_matches_training(settings: Settings) -
     served = decode_image(encode(item.image), settings, spec)
     trained = train_lit.normalize_uint8(shapes.to_uint8([item]))[0].numpy()
     np.testing.assert_allclose(served, trained, atol=1e-6)
+
+
+def test_small_images_are_decoded_inline_by_their_headers(settings: Settings) -> None:
+    """Pixels are read from headers (nothing decoded); unreadable data goes to the pool, which names it."""
+    small = encode(gradient(64, 64))  # 4,096 pixels
+    assert settings.media_inline_pixels == 16_384
+    assert decode_inline([], settings) and decode_inline([small] * 4, settings)
+    assert not decode_inline([small] * 5, settings)
+    assert not decode_inline([png_header_only(200, 100)], settings)  # 20,000 by its header alone
+    assert not decode_inline([png_header_only(100_000, 100_000)], settings)  # a bomb: the pool refuses it
+    assert not decode_inline([b"GIF89a not really"], settings)
+    assert not decode_inline([encode(gradient(8, 8), "TIFF")], settings)  # not an allowed format
+    assert not decode_inline([small], settings.model_copy(update={"media_inline_pixels": 0}))
+
+
+async def test_a_tower_decodes_small_images_on_the_loop_and_the_rest_on_the_pool(settings: Settings) -> None:
+    from services.cache import NoCache
+    from services.embedder import Embedder
+    from services.registry import load_registry
+
+    class Pixels:
+        def __init__(self) -> None:
+            self.seen: list[np.ndarray] = []
+
+        async def embed_pixels(self, model: str, pixel_values: np.ndarray) -> np.ndarray:
+            self.seen.append(pixel_values)
+            return np.ones((len(pixel_values), 384), dtype=np.float32)
+
+        async def close(self) -> None:
+            return None
+
+    vectors = {}
+    for budget in (16_384, 0):
+        s = settings.model_copy(update={"media_inline_pixels": budget, "models": ["lit-shapes"]})
+        encoder = Pixels()
+        embedder = Embedder(s, load_registry(), encoder, NoCache())  # type: ignore[arg-type]
+        out = await embedder.embed_media("lit-shapes", "image", encode(gradient(64, 64)))
+        assert ("media" in embedder._pools) is (budget == 0)
+        vectors[budget] = (out.vector, encoder.seen[0])
+        await embedder.close()
+    np.testing.assert_array_equal(vectors[0][1], vectors[16_384][1])  # the same pixels either way
