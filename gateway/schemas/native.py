@@ -19,8 +19,8 @@ class InputItem(BaseModel):
 
     @model_validator(mode="after")
     def _not_empty(self) -> InputItem:
-        if self.text is None and self.image is None and self.video is None and not self.images:
-            raise ValueError("an input needs at least one of text, image, images, video")
+        if not self.text and self.image is None and self.video is None and not self.images:
+            raise ValueError("an input needs at least one of text (not empty), image, images, video")
         return self
 
 

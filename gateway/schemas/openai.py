@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class EmbeddingsRequest(BaseModel):
@@ -20,6 +20,15 @@ class EmbeddingsRequest(BaseModel):
     # Extensions (pass with the openai client's `extra_body`): task template and truncation side.
     task: str | None = None
     truncate: Literal["end", "start", "none"] = "end"
+
+    @field_validator("input")
+    @classmethod
+    def _nothing_empty(cls, value: object) -> object:
+        """An empty string or token list has nothing to embed (OpenAI refuses "" too): 400, not a vector of
+        the model's special tokens alone."""
+        if value == "" or (isinstance(value, list) and any(v == "" or v == [] for v in value)):
+            raise ValueError("input must not contain an empty string or an empty token list")
+        return value
 
     def parsed(self) -> tuple[list[str] | None, list[list[int]] | None]:
         """(texts, token ids): OpenAI's four input shapes told apart once, here."""

@@ -72,6 +72,9 @@ async def test_health_is_open_and_auth_is_required(client: tuple[httpx.AsyncClie
         ({"model": "nope", "input": "x"}, "model"),
         ({"model": MODEL, "input": "x", "dimensions": 7}, "dimensions"),
         ({"model": MODEL, "input": "x", "extra": 1}, "extra"),
+        ({"model": MODEL, "input": ""}, "input"),  # nothing to embed: OpenAI refuses it too
+        ({"model": MODEL, "input": ["a", ""]}, "input"),
+        ({"model": MODEL, "input": [[1, 2], []]}, "input"),
     ],
 )
 async def test_bad_requests_name_their_field(
@@ -95,6 +98,7 @@ LEAN_CASES = {
             ({"model": MODEL, "input": [1, "a"]}, AUTH, "input.str"),
             ({**TEXT, "model": "nope"}, AUTH, "model"),
             ({**TEXT, "dimensions": 7}, AUTH, "dimensions"),
+            ({**TEXT, "input": ""}, AUTH, "input"),
             (TEXT, {}, "authorization"),
             (TEXT, {"api-key": "wrong"}, "authorization"),
         ],
@@ -109,6 +113,7 @@ LEAN_CASES = {
             ({**ITEMS, "extra": 1}, AUTH, "extra"),
             ({**ITEMS, "model": "nope"}, AUTH, "model"),
             ({**ITEMS, "task": "nope"}, AUTH, "task"),
+            ({"model": MODEL, "inputs": [{"text": "x"}, {"text": ""}]}, AUTH, "inputs[1]"),
             ({"model": MODEL, "inputs": [{"image": "not base64!"}]}, AUTH, "inputs[0].image"),
             (ITEMS, {}, "authorization"),
             (ITEMS, {"api-key": "wrong"}, "authorization"),
