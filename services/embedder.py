@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -175,8 +175,9 @@ class Embedder:
             raise InvalidInput(f"model {model} is a reranker: use /v1/rerank", field="model")
         return spec
 
-    def check_payload(self, count: int, texts: list[str] | None, field: str) -> None:
-        """Per-request limits (the body-size limit is enforced by the HTTP layer before parsing)."""
+    def check_payload(self, count: int, texts: Sequence[str | None] | None, field: str) -> None:
+        """Per-request limits (the body-size limit is enforced by the HTTP layer before parsing). `texts`
+        lines up with the inputs (None where an input has no text), so an error names the right one."""
         s = self.settings
         if count == 0:
             raise InvalidInput("at least one input is required", field=field)
@@ -185,7 +186,7 @@ class Embedder:
                 f"{count} inputs, over the limit of {s.max_inputs_per_request} per request", field=field
             )
         for i, t in enumerate(texts or ()):
-            if len(t) > s.max_chars_per_input:
+            if t is not None and len(t) > s.max_chars_per_input:
                 raise PayloadTooLarge(
                     f"input has {len(t)} characters, over the limit of {s.max_chars_per_input}",
                     field=f"{field}[{i}]",

@@ -67,8 +67,7 @@ async def embed_response(
 ) -> Response:
     """The route's work, whichever route received it (`LEAN_ROUTES` serve it ahead of `router`)."""
     request.state.model = body.model
-    texts = [item.text for item in body.inputs if item.text is not None]
-    embedder.check_payload(len(body.inputs), texts, "inputs")
+    embedder.check_payload(len(body.inputs), [item.text for item in body.inputs], "inputs")
     items = [Item(i.text, i.image, i.video, tuple(i.images or ())) for i in body.inputs]
     results, template = await until_disconnect(
         request,

@@ -28,6 +28,7 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runti
         models=[MODEL],
         api_keys={"k1": "alpha"},
         max_request_bytes=4096,
+        max_chars_per_input=50,
         max_queue_inputs=8,
         cache_backend="none",
     )
@@ -99,6 +100,7 @@ LEAN_CASES = {
             ({**TEXT, "model": "nope"}, AUTH, "model"),
             ({**TEXT, "dimensions": 7}, AUTH, "dimensions"),
             ({**TEXT, "input": ""}, AUTH, "input"),
+            ({**TEXT, "input": ["a", "y" * 60]}, AUTH, "input[1]"),
             (TEXT, {}, "authorization"),
             (TEXT, {"api-key": "wrong"}, "authorization"),
         ],
@@ -114,6 +116,7 @@ LEAN_CASES = {
             ({**ITEMS, "model": "nope"}, AUTH, "model"),
             ({**ITEMS, "task": "nope"}, AUTH, "task"),
             ({"model": MODEL, "inputs": [{"text": "x"}, {"text": ""}]}, AUTH, "inputs[1]"),
+            ({"model": MODEL, "inputs": [{"image": "AAAA"}, {"text": "y" * 60}]}, AUTH, "inputs[1]"),
             ({"model": MODEL, "inputs": [{"image": "not base64!"}]}, AUTH, "inputs[0].image"),
             (ITEMS, {}, "authorization"),
             (ITEMS, {"api-key": "wrong"}, "authorization"),
