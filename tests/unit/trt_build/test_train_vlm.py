@@ -130,6 +130,37 @@ def test_groups_are_near_duplicates_and_edits_are_right() -> None:
         assert kind in tv.EDITS and text == tv.edit_text(kind, getattr(target, kind))
 
 
+def test_near_duplicates_differ_only_in_the_named_attributes_and_renders_stay_in_range() -> None:
+    """A second stage's groups: near duplicates that differ in shape or texture only (the held-out
+    misses' attributes), drawn from `renders` renders per combination."""
+    train, _ = shapes.split_combinations()
+    sampler = tv.Sampler(train, 4, renders=64, near=("shape", "texture"))
+    combos = sampler.groups(48, random.Random(6))
+    changed = [
+        f for k in range(0, 48, 4) for c in combos[k + 1 : k + 4] for f in tv.VALUES
+        if getattr(combos[k], f) != getattr(c, f)
+    ]  # fmt: skip
+    assert len(changed) == 36 and set(changed) == {"shape", "texture"}
+    _, targets, _ = sampler.pairs("t2i", 240, random.Random(7))
+    seeds = {seed for item in targets for _, seed in item.images}
+    assert max(seeds) < 64 and len(seeds) > 16  # the default stage draws from 16
+
+
+def test_a_second_stage_starts_from_the_saved_model_and_refuses_another_vocabulary(
+    setup, tmp_path: Path
+) -> None:
+    texts, tok, model, *_ = setup
+    model.save_pretrained(tmp_path)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    args = argparse.Namespace(**vars(ARGS), init=str(tmp_path))
+    again = tv.initial_model(tok, args)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    compact_tokenizer(texts[:50]).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(SystemExit, match="vocabulary"):
+        tv.initial_model(tok, args)
+
+
 def test_info_nce_masks_duplicate_targets_and_uses_extra_negatives() -> None:
     q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
