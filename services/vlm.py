@@ -40,6 +40,7 @@ from services.media.qwen2vl import (
     prepare_image,
     prepare_item,
     prepare_video,
+    qwen3_video_prompt,
 )
 from services.media.video import decode_frames
 from services.registry import ModelSpec, Side
@@ -234,8 +235,14 @@ class VlmModel:
                 where = f"{item.field}.video"
                 with _naming(where):
                     frames = decode_frames(item.video, self.settings, self.cfg.frames, where)
-                    visuals.append(prepare_video(frames.images, self.cfg, duration_s=frames.duration_s))
+                    visuals.append(
+                        prepare_video(
+                            frames.images, self.cfg, duration_s=frames.duration_s, times=frames.timestamps
+                        )
+                    )
                 timestamps = frames.timestamps
+        if timestamps is not None and self.cfg.family == "qwen3-vl":  # a timestamp before every frame pair
+            ids = self.tokenizer.encode(qwen3_video_prompt(prompt, visuals, self.cfg)).ids
         limit = self.spec.max_seq_length
         truncated = False
         if not visuals and truncate != "none" and len(ids) > limit:

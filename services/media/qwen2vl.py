@@ -31,6 +31,9 @@ TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids values, as transformers 5 defi
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT_RATIO = 200  # Qwen's smart_resize refuses flatter images: their patch grid degenerates
+VISION_START, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
+UNKNOWN_FPS = 24.0  # Qwen3-VL's processor times frames at 24 fps when the clip does not say
+TIMESTAMP_TOKENS = 10  # at most, "<123.4 seconds>" in Qwen2 tokens (digits split): admission bound
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Visual:
     grid_thw: tuple[int, int, int]
     n_tokens: int  # language-model tokens it becomes: grid_t * grid_h * grid_w / merge^2
     seconds_per_grid: float = 1.0  # video: seconds spanned by one temporal patch (Qwen2.5-VL rope)
+    timestamps: tuple[float, ...] = ()  # Qwen3-VL video: seconds of each temporal patch (its prompt)
 
     @property
     def n_patches(self) -> int:
@@ -225,15 +229,23 @@ def sample_indices(n_frames: int, wanted: int, temporal_patch_size: int) -> list
 
 
 def prepare_video(
-    frames: Sequence[np.ndarray | Image.Image], cfg: QwenVLConfig, *, duration_s: float | None = None
+    frames: Sequence[np.ndarray | Image.Image],
+    cfg: QwenVLConfig,
+    *,
+    duration_s: float | None = None,
+    times: Sequence[float] | None = None,
 ) -> Visual:
     """Decoded frames (uint8 HxWx3, in time order) -> patches of `cfg.frames` uniformly sampled frames.
 
     Every frame is resized to the first frame's smart size under the video pixel budget; an odd count
     is padded by repeating the last frame (HF does the same). `duration_s` sets the seconds one temporal
     patch spans (Qwen2.5-VL spaces video positions by it); unknown, it is 1 s like HF's default.
+    `times` (seconds of each decoded frame) become Qwen3-VL's per-patch timestamps: the mean of a
+    patch's first and last frame, as its processor computes them from frame index / fps (unknown: the
+    frame's index at 24 fps, its processor's fallback).
     """
-    picked = [to_rgb(frames[i]) for i in sample_indices(len(frames), cfg.frames, cfg.temporal_patch_size)]
+    indices = sample_indices(len(frames), cfg.frames, cfg.temporal_patch_size)
+    picked = [to_rgb(frames[i]) for i in indices]
     width, height = picked[0].size
     h, w = smart_resize(height, width, cfg.factor, cfg.video_min_pixels, cfg.video_max_pixels)
     stack = [_normalize(f.resize((w, h), Image.Resampling.BICUBIC), cfg) for f in picked]
@@ -243,7 +255,32 @@ def prepare_video(
     if duration_s is not None and duration_s > 0:
         # sampled frames per second over the clip, as HF's processor derives `second_per_grid_ts`
         seconds = cfg.temporal_patch_size / (len(picked) / duration_s)
-    return Visual("video", patches, grid, grid_tokens(grid, cfg), seconds)
+    stamps: tuple[float, ...] = ()
+    if cfg.family == "qwen3-vl":
+        at = [float(times[i]) if times is not None else i / UNKNOWN_FPS for i in indices]
+        at += [at[-1]] * (-len(at) % cfg.temporal_patch_size)
+        tp = cfg.temporal_patch_size
+        stamps = tuple((at[k] + at[k + tp - 1]) / 2 for k in range(0, len(at), tp))
+    return Visual("video", patches, grid, grid_tokens(grid, cfg), seconds, stamps)
+
+
+def qwen3_video_prompt(prompt: str, visuals: Sequence[Visual], cfg: QwenVLConfig) -> str:
+    """The prompt as Qwen3-VL's processor writes it for videos (transformers 4.57, the code the model was
+    published with): each video's `<|vision_start|><|video_pad|><|vision_end|>` (or a bare
+    `<|video_pad|>`), in order, becomes per temporal patch `<{t:.1f} seconds>` + vision start + its
+    frame's placeholder + vision end; `expand_placeholders` then expands each frame's placeholder.
+    (transformers 5.24 replaces only the `<|video_pad|>` and keeps the outer start/end tokens.)
+    Other families and prompts without video come back unchanged."""
+    if cfg.family != "qwen3-vl":
+        return prompt
+    mark = "\x00frame\x00"  # the written frames' placeholders must not match the next video's search
+    whole = VISION_START + VIDEO_PAD + VISION_END
+    for vis in visuals:
+        if vis.kind != "video":
+            continue
+        frames = "".join(f"<{t:.1f} seconds>{VISION_START}{mark}{VISION_END}" for t in vis.timestamps)
+        prompt = prompt.replace(whole if whole in prompt else VIDEO_PAD, frames, 1)
+    return prompt.replace(mark, VIDEO_PAD)
 
 
 def mm_token_types(ids: np.ndarray, cfg: QwenVLConfig) -> np.ndarray:
@@ -262,22 +299,30 @@ def expand_placeholders(
     Equal to expanding the placeholder string before tokenizing (the processor's way): the placeholders
     are special tokens, so the text around them tokenizes the same either way.
     """
-    if cfg.family == "qwen3-vl" and any(v.kind == "video" for v in visuals):
-        # its processor writes a timestamp and vision start/end around every frame; a bare run of video
-        # tokens gets different positions from transformers (which would consume one frame grid for all)
-        raise InvalidInput("video input for qwen3-vl models is not supported yet", field=field)
     arr = np.asarray(ids, dtype=np.int64)
     slots = np.flatnonzero((arr == cfg.image_token_id) | (arr == cfg.video_token_id))
-    if len(slots) != len(visuals):
+    pieces = [
+        piece
+        for vis in visuals
+        for piece in (
+            # Qwen3-VL: one placeholder per temporal patch, between timestamps (qwen3_video_prompt)
+            [(vis.kind, vis.n_tokens // vis.grid_thw[0])] * vis.grid_thw[0]
+            if cfg.family == "qwen3-vl" and vis.kind == "video"
+            else [(vis.kind, vis.n_tokens)]
+        )
+    ]
+    if len(slots) != len(pieces):
+        per_frame = " (a qwen3-vl video takes one per frame pair)" if len(pieces) != len(visuals) else ""
         raise InvalidInput(
-            f"the prompt has {len(slots)} image/video placeholders for {len(visuals)} media", field=field
+            f"the prompt has {len(slots)} image/video placeholders for {len(pieces)} media grids{per_frame}",
+            field=field,
         )
     counts = np.ones(len(arr), dtype=np.int64)
-    for slot, vis in zip(slots, visuals, strict=True):
-        want = cfg.image_token_id if vis.kind == "image" else cfg.video_token_id
+    for slot, (kind, n_tokens) in zip(slots, pieces, strict=True):
+        want = cfg.image_token_id if kind == "image" else cfg.video_token_id
         if arr[slot] != want:
-            raise InvalidInput(f"placeholder {int(slot)} is not a {vis.kind} placeholder", field=field)
-        counts[slot] = vis.n_tokens
+            raise InvalidInput(f"placeholder {int(slot)} is not a {kind} placeholder", field=field)
+        counts[slot] = n_tokens
     return np.repeat(arr, counts)
 
 
@@ -361,8 +406,11 @@ def item_cost(
     text_tokens: int, grids: Sequence[tuple[Kind, tuple[int, int, int]]], cfg: QwenVLConfig
 ) -> tuple[int, int]:
     """(lm_tokens, vision_patches) of an item before any pixel work: `text_tokens` counts each
-    placeholder once, as tokenized; grids come from `image_grid` / `video_grid`."""
+    placeholder once, as tokenized; grids come from `image_grid` / `video_grid`. A Qwen3-VL video's
+    timestamps and per-frame start/end tokens are counted at their most (`TIMESTAMP_TOKENS`)."""
     visual_tokens = sum(grid_tokens(g, cfg) for _, g in grids)
+    if cfg.family == "qwen3-vl":
+        visual_tokens += sum(g[0] * (TIMESTAMP_TOKENS + 2) for kind, g in grids if kind == "video")
     return text_tokens - len(grids) + visual_tokens, sum(grid_patches(g) for _, g in grids)
 
 

@@ -332,3 +332,37 @@ def test_a_models_inflight_overrides_the_setting(engine: VlmEngine) -> None:
     spec = SPEC.model_copy(update={"batching": SPEC.batching.model_copy(update={"inflight": None})})
     assert embedder_for(engine, inflight_batches=3).batcher(SPEC).inflight == 4
     assert embedder_for(engine, spec, inflight_batches=3).batcher(spec).inflight == 3
+
+
+def test_a_qwen3_vl_video_item_has_a_timestamp_before_every_frame_pair(media: dict) -> None:
+    """On a Qwen3-VL model (a tiny random one) the decoded frames' times are written into the prompt
+    before it is tokenized, as its processor writes them: equal to the engine on that prompt written
+    out by hand and prepared directly."""
+    from tests.unit.trt_build.tiny_qwen_vl import backbone_dir
+
+    folder = backbone_dir("qwen3-vl")
+    hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
+    spec = ModelSpec.model_validate(
+        {
+            **SPEC.model_dump(exclude={"vlm", "source", "batching"}, exclude_unset=True),
+            "name": "qwen3-vl-tiny",
+            "dimension": hidden,
+            "source": {"type": "path", "path": str(folder)},
+            "vlm": {"family": "qwen3-vl"},
+        }
+    )
+    engine = VlmEngine.load(str(folder), device="cpu", dtype="float32", padding_side="left")
+    vid = base64.b64encode(media["video"]).decode()
+    (out,) = run(embedder_for(engine, spec), [Item(video=vid)], task="video_retrieval")
+    frames = decode_frames(media["video"], get_settings(), spec.video_frames)
+    cfg = VlmModel(spec, get_settings()).cfg
+    pairs = [(a + b) / 2 for a, b in zip(frames.timestamps[::2], frames.timestamps[1::2], strict=True)]
+    written = "".join(f"<{t:.1f} seconds><|vision_start|>{VID}<|vision_end|>" for t in pairs)
+    assert out.prompt.startswith(VID) and len(pairs) == spec.video_frames // 2
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    video = q.prepare_video(frames.images, cfg, duration_s=frames.duration_s, times=frames.timestamps)
+    item = q.prepare_item(tok.encode(written + out.prompt[len(VID) :]).ids, [video], cfg)
+    req = VlmRequest(
+        item.input_ids, np.array([item.lm_tokens]), item.position_ids, item.pixel_values, item.grid_thw
+    )
+    np.testing.assert_allclose(out.vector, engine.embed([req])[0][0], atol=1e-5)

@@ -1,6 +1,7 @@
 """The vlm engine core against transformers' own forward + VLM2Vec pooling, on tiny random Qwen2-VL,
 Qwen2.5-VL and Qwen3-VL backbones (weights at std 1/sqrt(fan_in), so a dropped image would show):
-text only, one image, two images, video, in one mixed left-padded batch; each row equals the row alone;
+text only, one image, two images, video (Qwen3-VL's with a timestamp before every frame pair), in one
+mixed left-padded batch; each row equals the row alone;
 a bad request fails alone; `rope_deltas` never leaks; the Triton class end to end with a fake pb_utils;
 the random folders and the LoRA merge."""
 
@@ -53,8 +54,9 @@ class Fixture:
 
     def item(self, text: str, images: list[np.ndarray] = (), video: bool = False) -> q.PreparedItem:
         visuals = [q.prepare_image(i, self.cfg) for i in images]
-        if video:
-            visuals.append(q.prepare_video(self.frames, self.cfg))
+        if video:  # frames 0.4 s apart: Qwen3-VL writes "<0.2 seconds>", "<1.0 seconds>", ... between them
+            visuals.append(q.prepare_video(self.frames, self.cfg, times=[0.4 * k for k in range(6)]))
+        text = q.qwen3_video_prompt(text, visuals, self.cfg)
         return q.prepare_item(self.tok.encode(text).ids, visuals, self.cfg)
 
     def items(self) -> dict[str, q.PreparedItem]:
@@ -68,8 +70,12 @@ class Fixture:
                 "<|image_pad|> Given an image, find a similar one with <|image_pad|> changes", self.images
             ),
         }
-        if self.family != "qwen3-vl":  # qwen3-vl video needs per-frame timestamps (not supported yet)
-            out["video"] = self.item("<|video_pad|> Understand the content of the video.", video=True)
+        out["video"] = self.item("<|video_pad|> Understand the content of the video.", video=True)
+        if self.family == "qwen3-vl":  # its chat template's form, which the processor replaces whole
+            out["video, chat form"] = self.item(
+                "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n",
+                video=True,
+            )
         return out
 
     def reference(self, item: q.PreparedItem) -> np.ndarray:
@@ -129,8 +135,11 @@ def test_token_budget_splits_the_merged_batch(fx: Fixture, monkeypatch: pytest.M
     items = list(fx.items().values())
     requests = [engine_request([i]) for i in items]
     merged = fx.engine.embed(requests)
-    monkeypatch.setattr(fx.engine, "max_batch_tokens", max(i.lm_tokens for i in items))
-    assert fx.engine._chunks(requests, range(len(requests))) == [[i] for i in range(len(requests))]
+    budget = max(i.lm_tokens for i in items)  # the longest item alone fills a batch
+    monkeypatch.setattr(fx.engine, "max_batch_tokens", budget)
+    chunks = fx.engine._chunks(requests, range(len(requests)))
+    assert len(chunks) > 1 and [i for c in chunks for i in c] == list(range(len(requests)))
+    assert all(len(c) * max(items[i].lm_tokens for i in c) <= budget for c in chunks)
     for a, b in zip(merged, fx.engine.embed(requests), strict=True):
         assert float(np.abs(a - b).max()) < 1e-5
 

@@ -194,6 +194,53 @@ def test_qwen3_positions_split_videos_per_frame() -> None:
     assert delta == int(want.max()) + 1 - len(types)
 
 
+QWEN3_PROCESSING = "models.qwen3_vl.processing_qwen3_vl"
+
+
+@pytest.mark.parametrize(("frames", "fps"), [(6, 2.0), (5, 24.0), (8, 29.97)])
+def test_qwen3_video_prompt_matches_hf(frames: int, fps: float) -> None:
+    """Qwen3-VL's processor text for a bare `<|video_pad|>`, from its own `replace_video_token` and
+    `_calculate_timestamps`: a timestamp (the mean of a frame pair's times, an odd last frame repeated)
+    and vision start/end around every frame pair's tokens."""
+    cfg = q.PRESETS["qwen3-vl"]
+    video = q.prepare_video(
+        [np.zeros((64, 96, 3), np.uint8)] * frames, cfg, times=[k / fps for k in range(frames)]
+    )
+    ours = q.qwen3_video_prompt("<|video_pad|>", [video], cfg)
+    per_frame = video.n_tokens // video.grid_thw[0]
+    ours = ours.replace("<|video_pad|>", "<|video_pad|>" * per_frame)
+    calculate = hf_method(QWEN3_PROCESSING, "Qwen3VLProcessor", "_calculate_timestamps")
+    hf = SimpleNamespace(
+        video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
+        video_token="<|video_pad|>",
+        vision_start_token="<|vision_start|>",
+        vision_end_token="<|vision_end|>",
+    )
+    hf._calculate_timestamps = lambda *args: calculate(hf, *args)
+    metadata = SimpleNamespace(fps=fps, frames_indices=list(range(frames)))
+    inputs = {"video_grid_thw": [np.array(video.grid_thw)], "video_metadata": [metadata]}
+    replace = hf_method(QWEN3_PROCESSING, "Qwen3VLProcessor", "replace_video_token")
+    assert ours == replace(hf, inputs, 0)
+    assert ours.count("seconds>") == -(-frames // 2)
+
+
+def test_qwen3_chat_form_is_replaced_whole_and_frames_get_their_own_grids(tokenizer) -> None:
+    """The chat template's `<|vision_start|><|video_pad|><|vision_end|>` is replaced as one (transformers
+    4.57's processor, the model's published code), and each frame pair's placeholder takes its tokens."""
+    cfg = q.PRESETS["qwen3-vl"]
+    video = q.prepare_video([np.zeros((64, 64, 3), np.uint8)] * 4, cfg, times=[0.0, 0.5, 1.0, 1.5])
+    text = q.qwen3_video_prompt("user\n<|vision_start|><|video_pad|><|vision_end|>What?", [video], cfg)
+    assert text == (
+        "user\n<0.2 seconds><|vision_start|><|video_pad|><|vision_end|>"
+        "<1.2 seconds><|vision_start|><|video_pad|><|vision_end|>What?"
+    )
+    item = q.prepare_item(tokenizer.encode(text).ids, [video], cfg)
+    assert (item.mm_token_type_ids == q.VIDEO).sum() == video.n_tokens
+    with pytest.raises(InvalidInput, match="one per frame pair"):  # the prompt was not written for it
+        q.prepare_item(tokenizer.encode("<|video_pad|>").ids, [video], cfg)
+    assert q.qwen3_video_prompt("<|video_pad|>", [video], CFG) == "<|video_pad|>"  # other families
+
+
 def test_text_only_item(tokenizer) -> None:
     item = q.prepare_item(tokenizer.encode("a red square on the left").ids, [], CFG)
     assert item.vision_patches == 0 and item.grid_thw.shape == (0, 3)
@@ -209,10 +256,6 @@ def test_refusals(tokenizer) -> None:
         q.prepare_item(tokenizer.encode("<|video_pad|> x").ids, [vis], CFG)
     with pytest.raises(Unprocessable, match="aspect ratio"):
         q.prepare_image(picture(6000, 28), CFG)
-    frames = [np.zeros((56, 56, 3), np.uint8)] * 4
-    video = q.prepare_video(frames, q.PRESETS["qwen3-vl"])
-    with pytest.raises(InvalidInput, match="qwen3-vl"):
-        q.prepare_item(tokenizer.encode("<|video_pad|>").ids, [video], q.PRESETS["qwen3-vl"])
     with pytest.raises(InvalidInput, match="uint8"):
         q.prepare_video([np.zeros((56, 56, 3), np.float32)], CFG)
     with pytest.raises(ValueError, match="min_pixels"):
