@@ -72,10 +72,20 @@ async def get_jobs(request: Request) -> JobStore:
 
 async def get_tenant(request: Request) -> str:
     """The caller's tenant from `Authorization: Bearer <key>` or `api-key: <key>`; 401 / 429 otherwise.
-    Headers are read directly (declared Header parameters cost ~0.1 ms a request in FastAPI's resolver)."""
+
+    The raw ASGI headers are scanned once (names arrive lower-cased): declared Header parameters cost
+    ~0.1 ms a request in FastAPI's resolver, and Starlette's `Headers.get`, called twice, was 7% of the
+    gateway's CPU under 64 single-sentence clients (py-spy). An open gateway reads no header at all."""
     auth: Authenticator = request.app.state.auth
-    headers = request.headers
-    return auth.authenticate(headers.get("authorization"), headers.get("api-key"))
+    if auth.open:
+        return auth.authenticate(None, None)
+    authorization = api_key = None
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"api-key":
+            api_key = value.decode("latin-1")
+    return auth.authenticate(authorization, api_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
