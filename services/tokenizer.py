@@ -100,7 +100,9 @@ class TextTokenizer:
                 )
 
     def encode(self, texts: list[str], truncate: Truncate = "end", field: str = "input") -> Tokenized:
-        encodings = self._by_side[truncate].encode_batch(texts)
+        # `_fast`: the same ids and overflow without character offsets, which nothing here reads: 15-25%
+        # less CPU a call (28 vs 33 us for one sentence, 751 vs 1,005 us for 16), on the event loop
+        encodings = self._by_side[truncate].encode_batch_fast(texts)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         if truncate == "none":
             self._refuse_over_long(ids, "input", field)
@@ -123,7 +125,9 @@ class TextTokenizer:
         if len(queries) != len(documents):
             raise InvalidInput(f"{len(queries)} queries for {len(documents)} documents", field="query")
         try:
-            encodings = self._pairs_by_side[truncate].encode_batch(list(zip(queries, documents, strict=True)))
+            encodings = self._pairs_by_side[truncate].encode_batch_fast(
+                list(zip(queries, documents, strict=True))
+            )
         except Exception as exc:  # tokenizers' own error: 'only_second' cannot make room beside the query
             if self.pair_truncation != "only_second":
                 raise
@@ -162,4 +166,4 @@ class TextTokenizer:
         return Tokenized(out, truncated)
 
     def count(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._by_side["end"].encode_batch(texts)]
+        return [len(e.ids) for e in self._by_side["end"].encode_batch_fast(texts)]
