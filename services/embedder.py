@@ -334,8 +334,11 @@ class Embedder:
         """CPU-heavy work (decode, resize, long tokenization) on a pool: never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    async def preprocess(self, fn: Callable[..., T], *args: object) -> T:
-        """Decode, resize and patchify on the media pool (`media_workers` threads)."""
+    async def preprocess(self, fn: Callable[..., T], *args: object, inline: bool = False) -> T:
+        """Decode, resize and patchify on the media pool (`media_workers` threads), or with `inline` here
+        on the event loop: for small media (`decode_inline`) the hand-off costs about what the work does."""
+        if inline:
+            return fn(*args)
         return await self._off_loop(self._media(), fn, *args)
 
     def _counters(self, model: str) -> _Counters:
@@ -381,10 +384,11 @@ class Embedder:
             if cached is not None:
                 return MediaEmbedded(cached, kind)
             timestamps = None
-            if kind == "image" and decode_inline([data], self.settings):
-                pixels = [decode_image(data, self.settings, spec.image, field)]
-            elif kind == "image":
-                pixels = [await self.preprocess(decode_image, data, self.settings, spec.image, field)]
+            if kind == "image":
+                inline = decode_inline([data], self.settings)
+                pixels = [
+                    await self.preprocess(decode_image, data, self.settings, spec.image, field, inline=inline)
+                ]
             else:
                 frames, timestamps = await self.preprocess(
                     decode_video, data, self.settings, spec.video_frames, spec.image, field

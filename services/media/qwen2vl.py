@@ -257,9 +257,9 @@ def prepare_video(
         seconds = cfg.temporal_patch_size / (len(picked) / duration_s)
     stamps: tuple[float, ...] = ()
     if cfg.family == "qwen3-vl":
-        at = [float(times[i]) if times is not None else i / UNKNOWN_FPS for i in indices]
-        at += [at[-1]] * (-len(at) % cfg.temporal_patch_size)
         tp = cfg.temporal_patch_size
+        at = [float(times[i]) if times is not None else i / UNKNOWN_FPS for i in indices]
+        at += [at[-1]] * (-len(at) % tp)  # padded as the frames are, above
         stamps = tuple((at[k] + at[k + tp - 1]) / 2 for k in range(0, len(at), tp))
     return Visual("video", patches, grid, grid_tokens(grid, cfg), seconds, stamps)
 
