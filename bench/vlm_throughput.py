@@ -68,7 +68,14 @@ class Raw:
     def __init__(self, settings: Settings) -> None:
         spec = load_registry(settings.registry_path).get(MODEL)
         self.model = VlmModel(spec, settings)
-        self.engine = VlmEngine.load(str(spec.source_dir()), device="cpu", padding_side=spec.padding_side)
+        cfg = self.model.cfg
+        self.engine = VlmEngine.load(
+            str(spec.source_dir()),
+            device="cpu",
+            padding_side=spec.padding_side,
+            image_mean=cfg.mean,
+            image_std=cfg.std,
+        )
         self.template = vlm_template(spec, None, Side.document)
 
     def prepare(self, item: VlmItem) -> Any:

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from services.config import Settings
 from services.registry import ModelSpec
+from services.vlm import VlmModel
 from trt_build.stamps import BUILD_CODE, STAMP, BuildReport, inputs_digest, up_to_date, write_stamp
 from trt_build.vlm_random import merge_lora
 from trt_build.vlm_target import VlmOptions, write_vlm_entry
@@ -92,7 +93,8 @@ def build_vlm(
         report.figures["lora_modules"] = len(merged)
         hf_dir = weights
     patch_dim = check_backbone(spec, hf_dir)
-    write_vlm_entry(spec, model_root, hf_dir, patch_dim, opts)
+    pixels = VlmModel(spec, settings).cfg  # the gateway's own reading of the folder's preprocessing
+    write_vlm_entry(spec, model_root, hf_dir, patch_dim, opts, image_mean=pixels.mean, image_std=pixels.std)
     report.figures.update({"patch_dim": patch_dim, "device": opts.device, "dtype": opts.dtype})
     report.say(f"wrote Triton vlm entry {model_root} ({opts.device}, {opts.dtype}, weights in {weights})")
     write_stamp(stamp_path, digest, report)

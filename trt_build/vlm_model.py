@@ -16,7 +16,7 @@ ONE Triton request carries a group of n items, so every tensor has a leading bat
 | `input_ids`    | INT64 | [ -1 ]             | all items' ids concatenated (placeholders expanded) |
 | `item_lengths` | INT64 | [ -1 ]             | n lengths; they sum to len(input_ids) |
 | `position_ids` | INT64 | [ 3, -1 ]          | M-RoPE (temporal, height, width) per token, each item from 0 |
-| `pixel_values` | FP32  | [ -1, patch_dim ]  | optional: all image/video patches, item then prompt order |
+| `pixel_values` | UINT8 | [ -1, patch_dim ]  | optional: all image/video patches, item then prompt order |
 | `grid_thw`     | INT64 | [ -1, 3 ]          | optional: one (t, h, w) row per image/video, same order |
 | `embeddings`   | FP32  | [ -1, hidden ]     | output: n L2-normalized vectors, in item order |
 
@@ -27,10 +27,15 @@ temporal slices), placeholder tokens replaced by the merged vision features, one
 then the final-norm hidden state of each row's last real token (VLM2Vec's `last`/`eos` pooling),
 L2-normalized. A malformed request fails alone at validation; if the merged run itself fails (e.g.
 out of memory), each request is retried alone so only the one that cannot run fails.
+
+Pixels arrive as the uint8 patches of the resized images (a quarter of float32's bytes on the wire and
+on the way to the GPU); the engine rescales and normalises them with the model's `image_mean`/`image_std`
+(config parameters written at build time) exactly as the HF processor does (`normalize_pixels`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -57,7 +62,7 @@ class VlmRequest:
     input_ids: np.ndarray  # int64 [T]
     lengths: np.ndarray  # int64 [n]
     position_ids: np.ndarray  # int64 [3, T]
-    pixel_values: np.ndarray  # float32 [P, patch_dim] (P = 0 for text only)
+    pixel_values: np.ndarray  # uint8 [P, patch_dim] as served (P = 0 for text only); float32 = normalised
     grid_thw: np.ndarray  # int64 [V, 3]
 
     @property
@@ -89,6 +94,35 @@ def _strip_batch(array: np.ndarray, rank: int, name: str) -> np.ndarray:
     return array
 
 
+def _pixels(array: np.ndarray) -> np.ndarray:
+    """The served pixels: uint8 patches, exactly (a float tensor here would be a client on the old
+    contract, and casting it would feed the tower garbage)."""
+    pixels = _strip_batch(np.asarray(array), 2, "pixel_values")
+    if pixels.dtype != np.uint8:
+        raise ValueError(
+            f"pixel_values must be uint8 patches (rescaled and normalised here), got {pixels.dtype}"
+        )
+    return pixels
+
+
+def normalize_pixels(patches: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [P, patch_dim] -> float32 as the HF processor computes it, bit for bit: x / 255 in float64
+    (its rescale), cast to float32, then (x - mean) / std in float32. `mean`/`std` are per column
+    (`column_stats`). Done here rather than in the gateway: a quarter of the bytes cross to Triton (and
+    to the GPU), and the gateway's event loop does no float pass over the image."""
+    x = (patches.to(torch.float64) * (1 / 255)).to(torch.float32)
+    return (x - mean) / std
+
+
+def column_stats(values: Sequence[float], patch_dim: int, device: torch.device) -> torch.Tensor:
+    """Per-channel mean or std -> one float32 value per patch column (a patch row holds channel, then
+    time, then pixels, so each channel owns a contiguous third)."""
+    per = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if per.shape != (3,) or patch_dim % 3:
+        raise ValueError(f"need 3 channel values for {patch_dim} columns, got {list(values)}")
+    return per.repeat_interleave(patch_dim // 3).to(device)
+
+
 def parse_request(arrays: dict[str, np.ndarray | None], patch_dim: int) -> VlmRequest:
     """Named arrays of one request -> VlmRequest with dtypes fixed and shapes checked."""
     for name in INPUT_NAMES:
@@ -106,9 +140,7 @@ def parse_request(arrays: dict[str, np.ndarray | None], patch_dim: int) -> VlmRe
         input_ids=get("input_ids", 1, np.int64),
         lengths=get("item_lengths", 1, np.int64),
         position_ids=get("position_ids", 2, np.int64),
-        pixel_values=np.zeros((0, patch_dim), np.float32)
-        if pixels is None
-        else get("pixel_values", 2, np.float32),
+        pixel_values=np.zeros((0, patch_dim), np.uint8) if pixels is None else _pixels(pixels),
         grid_thw=np.zeros((0, 3), np.int64) if grids is None else get("grid_thw", 2, np.int64),
     )
 
@@ -139,7 +171,7 @@ def check_request(req: VlmRequest, spec: TokenSpec) -> None:
         )
     if int(patches.sum()) > spec.max_patches:
         raise ValueError(f"{int(patches.sum())} vision patches exceed the limit of {spec.max_patches}")
-    if not np.isfinite(req.pixel_values).all():
+    if req.pixel_values.dtype != np.uint8 and not np.isfinite(req.pixel_values).all():
         raise ValueError("pixel_values hold NaN or infinity")
     # each item's visual tokens must be covered exactly by whole grids, in order
     tokens = list(patches // (m * m))
@@ -165,7 +197,7 @@ class Batch:
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
     position_ids: torch.Tensor  # [3, B, L]
-    pixel_values: torch.Tensor | None  # [P, patch_dim]
+    pixel_values: torch.Tensor | None  # [P, patch_dim] uint8 as served, or float32 already normalised
     grid_thw: torch.Tensor | None  # [V, 3]
     rows: list[int]  # items per request, in order
 
@@ -272,6 +304,9 @@ class VlmEngine:
         max_seq_length: int = 32768,
         max_patches: int = 1 << 20,
         max_batch_tokens: int = 1 << 16,
+        *,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
     ) -> None:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if self.device.type == "cuda" else torch.float32
@@ -295,6 +330,8 @@ class VlmEngine:
         pad = getattr(text, "pad_token_id", None)  # any id works: pads are masked and never pooled
         self.pad_token_id = int(pad) if pad is not None else int(getattr(text, "bos_token_id", None) or 0)
         self.hidden_size = int(text.hidden_size)
+        self.pixel_mean = column_stats(image_mean, self.spec.patch_dim, self.device)
+        self.pixel_std = column_stats(image_std, self.spec.patch_dim, self.device)
         self._lock = threading.Lock()  # one forward at a time per model object
 
     @classmethod
@@ -305,17 +342,35 @@ class VlmEngine:
         dtype: str = "bfloat16",
         attn_implementation: str = "sdpa",
         padding_side: str = "left",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
         **limits: int,
     ) -> VlmEngine:
-        """The bare backbone (AutoModel: no LM head) from a saved ...ForConditionalGeneration folder."""
+        """The bare backbone (AutoModel: no LM head) from a saved ...ForConditionalGeneration folder.
+        The pixel mean and std come from the caller (Triton: config.pbtxt, as the build resolved them with
+        the gateway's own reader) or else from the folder's `preprocessor_config.json`."""
         import transformers
 
+        if image_mean is None or image_std is None:
+            path = os.path.join(model_dir, "preprocessor_config.json")
+            try:
+                with open(path) as fh:
+                    pre = json.load(fh)
+                image_mean, image_std = pre["image_mean"], pre["image_std"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(
+                    f"vlm engine: no image_mean/image_std given and none in {path}: {exc}"
+                ) from exc
         model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation=attn_implementation)
-        return cls(model, device, dtype, padding_side, **limits)
+        return cls(model, device, dtype, padding_side, image_mean=image_mean, image_std=image_std, **limits)
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Padded batch -> [B, hidden] normalized fp32 vectors on the device."""
+        """Padded batch -> [B, hidden] normalized fp32 vectors on the device. uint8 pixels (as served)
+        are rescaled and normalised on the device first; float pixels are taken as normalised."""
+        if batch.pixel_values is not None and batch.pixel_values.dtype == torch.uint8:
+            pixels = normalize_pixels(batch.pixel_values.to(self.device), self.pixel_mean, self.pixel_std)
+            batch = dataclasses.replace(batch, pixel_values=pixels)
         return backbone_forward(self.model, batch, self.spec, self.device, self.dtype)
 
     def embed(self, requests: Sequence[VlmRequest]) -> list[np.ndarray | Exception]:
@@ -383,6 +438,10 @@ def _params(config: dict[str, Any]) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
 class TritonPythonModel:
     """Triton entry point: parameters from config.pbtxt, one response per request."""
 
@@ -409,6 +468,8 @@ class TritonPythonModel:
             max_seq_length=int(params.get("max_seq_length", "32768")),
             max_patches=int(params.get("max_patches", str(1 << 20))),
             max_batch_tokens=int(params.get("max_batch_tokens", str(1 << 16))),
+            image_mean=_floats(params["image_mean"]) if "image_mean" in params else None,
+            image_std=_floats(params["image_std"]) if "image_std" in params else None,
         )
 
     def _error(self, text: str) -> Any:

@@ -8,6 +8,7 @@ Triton's dynamic batcher may merge; the engine then re-splits them under `max_ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,15 +39,24 @@ def _input(name: str, dtype: str, dims: str, optional: bool = False) -> str:
     )
 
 
-def vlm_config(spec: ModelSpec, patch_dim: int, opts: VlmOptions | None = None) -> str:
-    """config.pbtxt text for a vlm entry; `patch_dim` = 3 x temporal patch x patch^2 (1176 for Qwen2-VL)."""
+def vlm_config(
+    spec: ModelSpec,
+    patch_dim: int,
+    opts: VlmOptions | None = None,
+    *,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> str:
+    """config.pbtxt text for a vlm entry; `patch_dim` = 3 x temporal patch x patch^2 (1176 for Qwen2-VL).
+    `image_mean`/`image_std`: what the engine normalises the served uint8 pixels with, as the gateway's
+    preprocessing config resolves them (services/vlm.py), so the two sides cannot disagree."""
     opts = opts or VlmOptions()
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
     inputs = [
         _input("input_ids", "TYPE_INT64", "-1"),
         _input("item_lengths", "TYPE_INT64", "-1"),
         _input("position_ids", "TYPE_INT64", "3, -1"),
-        _input("pixel_values", "TYPE_FP32", f"-1, {patch_dim}", optional=True),
+        _input("pixel_values", "TYPE_UINT8", f"-1, {patch_dim}", optional=True),
         _input("grid_thw", "TYPE_INT64", "-1, 3", optional=True),
     ]
     params = {
@@ -59,6 +69,8 @@ def vlm_config(spec: ModelSpec, patch_dim: int, opts: VlmOptions | None = None) 
         "max_batch_tokens": spec.batching.max_batch_tokens,
         "max_patches": opts.max_patches,
         "threads": opts.threads,
+        "image_mean": ",".join(repr(float(v)) for v in image_mean),
+        "image_std": ",".join(repr(float(v)) for v in image_std),
         "registry_version": spec.version,
     }
     parts = [
@@ -76,7 +88,14 @@ def vlm_config(spec: ModelSpec, patch_dim: int, opts: VlmOptions | None = None) 
 
 
 def write_vlm_entry(
-    spec: ModelSpec, model_root: Path, hf_dir: Path, patch_dim: int, opts: VlmOptions | None = None
+    spec: ModelSpec,
+    model_root: Path,
+    hf_dir: Path,
+    patch_dim: int,
+    opts: VlmOptions | None = None,
+    *,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
 ) -> Path:
     """config.pbtxt + `<version>/model.py` (= vlm_model.py, with its siblings) + the weights under
     `<version>/<model_dir>`.
@@ -87,6 +106,7 @@ def write_vlm_entry(
     version_dir = model_root / spec.version
     weights = version_dir / opts.model_dir
     copy_weights(hf_dir, weights, MODEL_FILES)
-    (model_root / "config.pbtxt").write_text(vlm_config(spec, patch_dim, opts))
+    config = vlm_config(spec, patch_dim, opts, image_mean=image_mean, image_std=image_std)
+    (model_root / "config.pbtxt").write_text(config)
     install_model("vlm_model.py", version_dir)
     return weights

@@ -31,7 +31,8 @@ class Encoder(Protocol):
         pixel_values: np.ndarray,
         grid_thw: np.ndarray,
     ) -> np.ndarray:
-        """A group of VLM items, flat and unpadded (trt_build/vlm_model.py) -> [items, dim] float32."""
+        """A group of VLM items, flat and unpadded, pixels as uint8 patches (trt_build/vlm_model.py) ->
+        [items, dim] float32."""
         ...
 
     async def is_ready(self, model: str) -> bool: ...

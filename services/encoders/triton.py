@@ -123,14 +123,15 @@ class TritonEncoder:
         grid_thw: np.ndarray,
     ) -> np.ndarray:
         """One Triton request per group of items (leading batch dimension 1, ragged inputs); the pixel
-        inputs are optional and left out for a text-only group."""
+        inputs are optional and left out for a text-only group. Pixels travel as uint8 patches (the
+        engine rescales and normalises them)."""
         inputs = [
             _input("input_ids", input_ids[None], "INT64"),
             _input("item_lengths", item_lengths[None], "INT64"),
             _input("position_ids", position_ids[None], "INT64"),
         ]
         if len(grid_thw):
-            inputs.append(_input("pixel_values", pixel_values[None].astype(np.float32, copy=False), "FP32"))
+            inputs.append(_input("pixel_values", pixel_values[None], "UINT8"))
             inputs.append(_input("grid_thw", grid_thw[None], "INT64"))
         out = await self._infer(model, inputs)
         return out.reshape(len(item_lengths), -1)

@@ -3,10 +3,11 @@
 Golden-tested against transformers 5.24's PIL-backend `Qwen2VLImageProcessorPil` + `Qwen2VLProcessor`
 (the default image processor and every video processor import torchvision, which cannot be installed
 beside torch 2.13.0 here; the torchvision path resizes slightly differently). Pixels are bit-identical to
-that backend: Pillow bicubic resize on uint8, rescale in float64 then float32, normalize in float32.
+that backend: Pillow bicubic resize on uint8 here, then the engine's rescale in float64 then float32 and
+normalize in float32 (`trt_build/vlm_model.py` `normalize_pixels`, with the `mean`/`std` resolved here).
 
 The pipeline per item: resize each image/video to a multiple of patch x merge (28 px) within the pixel
-budget, normalise, cut into patches of channels x temporal patch x 14 x 14 in HF's order (a still image
+budget, cut its uint8 pixels into patches of channels x temporal patch x 14 x 14 in HF's order (a still image
 repeats its frame over the temporal patch), expand each placeholder token into grid_t*grid_h*grid_w/merge^2
 tokens, mark them in `mm_token_type_ids` (0 text, 1 image, 2 video) and compute the 3-D M-RoPE positions
 the language model needs (`get_rope_index`), so the engine never runs HF's preprocessing or rope code.
@@ -83,7 +84,7 @@ class Visual:
     """One preprocessed image or video: patches in the vision tower's order and its patch grid."""
 
     kind: Kind
-    pixel_values: np.ndarray  # float32 [grid_t * grid_h * grid_w, patch_dim]
+    pixel_values: np.ndarray  # uint8 [grid_t * grid_h * grid_w, patch_dim], before rescale and normalise
     grid_thw: tuple[int, int, int]
     n_tokens: int  # language-model tokens it becomes: grid_t * grid_h * grid_w / merge^2
     seconds_per_grid: float = 1.0  # video: seconds spanned by one temporal patch (Qwen2.5-VL rope)
@@ -102,7 +103,7 @@ class PreparedItem:
     mm_token_type_ids: np.ndarray  # int64 [L]
     position_ids: np.ndarray  # int64 [3, L] (temporal, height, width)
     rope_delta: int  # max position + 1 - L, what HF caches as `rope_deltas`
-    pixel_values: np.ndarray  # float32 [P, patch_dim], visuals concatenated in prompt order
+    pixel_values: np.ndarray  # uint8 [P, patch_dim], visuals concatenated in prompt order
     grid_thw: np.ndarray  # int64 [V, 3]
     kinds: tuple[Kind, ...] = field(default=())
 
@@ -178,15 +179,14 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     return image.convert("RGB")
 
 
-def _normalize(img: Image.Image, cfg: QwenVLConfig) -> np.ndarray:
-    """RGB -> float32 CHW: x / 255 in float64 (HF's rescale), then (x - mean) / std in float32."""
-    x = (np.asarray(img, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)
-    x = (x - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+def _chw(img: Image.Image) -> np.ndarray:
+    """RGB -> uint8 [C, H, W] (a view). Rescale and normalise are the engine's (`normalize_pixels`): an
+    image travels to Triton as a quarter of the float32 bytes and costs the gateway no float pass."""
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def patchify(frames: np.ndarray, cfg: QwenVLConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """float32 [F, C, H, W] (F a multiple of the temporal patch) -> ([gt*gh*gw, C*T*p*p], (gt, gh, gw)).
+    """[F, C, H, W] (F a multiple of the temporal patch; any dtype) -> ([gt*gh*gw, C*T*p*p], (gt, gh, gw)).
 
     Patch rows run over temporal slices, then 2 x 2 merge blocks in raster order, then the 4 patches of
     a block, because the merger concatenates 4 consecutive rows into one language-model token. Each row
@@ -203,7 +203,7 @@ def patchify(frames: np.ndarray, cfg: QwenVLConfig) -> tuple[np.ndarray, tuple[i
 
 
 def prepare_image(image: Image.Image | np.ndarray, cfg: QwenVLConfig) -> Visual:
-    """One image -> patches: tiny-side rule, smart resize (bicubic), normalise, repeat over time, patchify."""
+    """One image -> uint8 patches: tiny-side rule, smart resize (bicubic), repeat over time, patchify."""
     img = to_rgb(image)
     width, height = img.size
     src_h, src_w = _source_size(height, width, cfg)
@@ -211,7 +211,7 @@ def prepare_image(image: Image.Image | np.ndarray, cfg: QwenVLConfig) -> Visual:
         img = img.resize((src_w, src_h), Image.Resampling.BICUBIC)
     h, w = smart_resize(src_h, src_w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     img = img.resize((w, h), Image.Resampling.BICUBIC)
-    chw = _normalize(img, cfg)
+    chw = _chw(img)
     frames = np.broadcast_to(chw, (cfg.temporal_patch_size, *chw.shape))
     patches, grid = patchify(frames, cfg)
     return Visual("image", patches, grid, grid_tokens(grid, cfg))
@@ -248,7 +248,7 @@ def prepare_video(
     picked = [to_rgb(frames[i]) for i in indices]
     width, height = picked[0].size
     h, w = smart_resize(height, width, cfg.factor, cfg.video_min_pixels, cfg.video_max_pixels)
-    stack = [_normalize(f.resize((w, h), Image.Resampling.BICUBIC), cfg) for f in picked]
+    stack = [_chw(f.resize((w, h), Image.Resampling.BICUBIC)) for f in picked]
     stack += [stack[-1]] * (-len(stack) % cfg.temporal_patch_size)
     patches, grid = patchify(np.stack(stack), cfg)
     seconds = 1.0
@@ -394,10 +394,10 @@ def prepare_item(
     types = mm_token_types(expanded, cfg)
     positions, delta = rope_positions(types, [(v.kind, v.grid_thw, v.seconds_per_grid) for v in visuals], cfg)
     if visuals:
-        pixels = np.concatenate([v.pixel_values for v in visuals]).astype(np.float32, copy=False)
+        pixels = np.concatenate([v.pixel_values for v in visuals]).astype(np.uint8, copy=False)
         grids = np.asarray([v.grid_thw for v in visuals], dtype=np.int64)
     else:
-        pixels = np.zeros((0, cfg.patch_dim), dtype=np.float32)
+        pixels = np.zeros((0, cfg.patch_dim), dtype=np.uint8)
         grids = np.zeros((0, 3), dtype=np.int64)
     return PreparedItem(expanded, types, positions, delta, pixels, grids, tuple(v.kind for v in visuals))
 

@@ -25,13 +25,14 @@ from tritonclient.grpc import model_config_pb2
 
 from services.media import qwen2vl as q
 from services.registry import ModelSpec
-from tests.unit.trt_build.tiny_qwen_vl import backbone_dir, engine_request, write_adapter
+from tests.unit.trt_build.tiny_qwen_vl import backbone_dir, engine_request, normalized, write_adapter
 from trt_build import vlm_model as vm
 from trt_build.vlm_random import FAMILIES, load_lora, merge_lora
 from trt_build.vlm_target import VlmOptions, vlm_config, write_vlm_entry
 
 FAMILY_LIST = list(FAMILIES)
 MIN_COSINE = 0.99999
+PIXELS = {"image_mean": q.CLIP_MEAN, "image_std": q.CLIP_STD}
 
 
 class Fixture:
@@ -47,7 +48,13 @@ class Fixture:
         cls = getattr(transformers, FAMILIES[family][1])
         self.hf = cls.from_pretrained(self.dir, attn_implementation="sdpa").eval()
         # a copy: the engine swaps the patch embedding for its linear form, the reference keeps HF's conv
-        self.engine = vm.VlmEngine(copy.deepcopy(self.hf.model), device="cpu", padding_side="left")
+        self.engine = vm.VlmEngine(
+            copy.deepcopy(self.hf.model),
+            device="cpu",
+            padding_side="left",
+            image_mean=self.cfg.mean,
+            image_std=self.cfg.std,
+        )
         rng = np.random.default_rng(0)
         self.images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((60, 90, 3), (100, 70, 3))]
         self.frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)]
@@ -85,7 +92,8 @@ class Fixture:
             "attention_mask": torch.ones(1, item.lm_tokens, dtype=torch.long),
             "mm_token_type_ids": torch.from_numpy(item.mm_token_type_ids)[None],
         }
-        parts = np.split(item.pixel_values, np.cumsum(item.grid_thw.prod(axis=1))[:-1])
+        pixels = normalized(item.pixel_values, self.cfg)  # HF's processor output, bit for bit
+        parts = np.split(pixels, np.cumsum(item.grid_thw.prod(axis=1))[:-1])
         for kind, pixels_key, grid_key in (
             ("image", "pixel_values", "image_grid_thw"),
             ("video", "pixel_values_videos", "video_grid_thw"),
@@ -213,6 +221,29 @@ def test_parse_request_strips_the_batch_dim() -> None:
         vm.parse_request({**arrays, "grid_thw": np.ones((1, 1, 3), np.int64)}, 1176)
     with pytest.raises(ValueError, match="batch dim 1"):
         vm.parse_request({**arrays, "input_ids": np.ones((2, 3), np.int64)}, 1176)
+    grids = np.ones((1, 1, 3), np.int64)
+    floats = np.zeros((1, 1, 1176), np.float32)  # the pre-uint8 contract: refused, never cast
+    with pytest.raises(ValueError, match="uint8"):
+        vm.parse_request({**arrays, "pixel_values": floats, "grid_thw": grids}, 1176)
+    req = vm.parse_request({**arrays, "pixel_values": floats.astype(np.uint8), "grid_thw": grids}, 1176)
+    assert req.pixel_values.dtype == np.uint8 and req.pixel_values.shape == (1, 1176)
+
+
+def test_normalize_pixels_is_hf_rescale_then_normalize() -> None:
+    """float64 rescale, float32 cast, float32 normalise per channel (channel-major patch columns)."""
+    rng = np.random.default_rng(5)
+    patches = rng.integers(0, 256, (7, 1176), dtype=np.uint8)
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
+    cpu = torch.device("cpu")
+    got = vm.normalize_pixels(
+        torch.from_numpy(patches), *(vm.column_stats(v, 1176, cpu) for v in (mean, std))
+    )
+    x = (patches.reshape(7, 3, 392).astype(np.float64) * (1 / 255)).astype(np.float32)
+    want = (x - np.float32(mean)[:, None]) / np.float32(std)[:, None]
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), want.reshape(7, 1176))
+    with pytest.raises(ValueError, match="3 channel"):
+        vm.column_stats((0.5, 0.5), 1176, cpu)
 
 
 class FakeTensor:
@@ -252,8 +283,8 @@ def tiny_spec() -> ModelSpec:
 
 
 def test_triton_config(tmp_path: Path) -> None:
-    text = vlm_config(tiny_spec(), 1176)
-    assert text == vlm_config(tiny_spec(), 1176), "generation must be deterministic"
+    text = vlm_config(tiny_spec(), 1176, **PIXELS)
+    assert text == vlm_config(tiny_spec(), 1176, **PIXELS), "generation must be deterministic"
     cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert cfg.backend == "python" and cfg.max_batch_size == VlmOptions().max_requests
     assert [i.name for i in cfg.input] == list(vm.INPUT_NAMES)
@@ -264,8 +295,11 @@ def test_triton_config(tmp_path: Path) -> None:
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["padding_side"] == "left" and params["max_batch_tokens"] == "8192"
     assert params["threads"] == "1"
+    assert [float(v) for v in params["image_mean"].split(",")] == list(q.CLIP_MEAN)  # exact round trip
+    assert [float(v) for v in params["image_std"].split(",")] == list(q.CLIP_STD)
+    assert cfg.input[3].data_type == model_config_pb2.TYPE_UINT8
     threaded = text_format.Parse(
-        vlm_config(tiny_spec(), 1176, VlmOptions(threads=4)), model_config_pb2.ModelConfig()
+        vlm_config(tiny_spec(), 1176, VlmOptions(threads=4), **PIXELS), model_config_pb2.ModelConfig()
     )
     assert threaded.parameters["threads"].string_value == "4"
 
@@ -276,7 +310,9 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
         pytest.skip("one family is enough for the Triton wrapper")
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     root = tmp_path / "vlm-tiny"
-    weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, VlmOptions(device="cpu", threads=3))
+    # a mean and std of its own: the engine must take them from config.pbtxt, not the folder
+    pixels = {"image_mean": (0.3, 0.4, 0.5), "image_std": (0.2, 0.25, 0.3)}
+    weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, VlmOptions(device="cpu", threads=3), **pixels)
     threads: list[int] = []  # what the stub would set in its own process, not in this one
     monkeypatch.setattr(vm.torch, "set_num_threads", threads.append)
     assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
@@ -308,7 +344,11 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
     responses = model.execute([good, broken, plain])
     out = responses[0].output_tensors[0]
     assert responses[0].error is None and out.name == "embeddings" and out.array.shape == (1, 2, 32)
-    np.testing.assert_allclose(out.array[0], np.concatenate(fx.engine.embed([req])), atol=1e-5)
+    own = vm.VlmEngine(copy.deepcopy(fx.hf.model), device="cpu", padding_side="left", **pixels)
+    np.testing.assert_allclose(out.array[0], np.concatenate(own.embed([req])), atol=1e-5)
+    folder_norm = np.concatenate(fx.engine.embed([req]))  # the folder's CLIP mean/std: the image row moves
+    np.testing.assert_allclose(out.array[0][0], folder_norm[0], atol=1e-5)
+    assert float(np.abs(out.array[0][1] - folder_norm[1]).max()) > 1e-3
     assert responses[1].output_tensors == [] and "together" in responses[1].error
     assert responses[2].error is None and responses[2].output_tensors[0].array.shape == (1, 1, 32)
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.media.qwen2vl import PreparedItem
+from services.media.qwen2vl import PreparedItem, QwenVLConfig
 from trt_build.qwen_tokenizer import write_tokenizer
-from trt_build.vlm_model import VlmRequest
+from trt_build.vlm_model import VlmRequest, column_stats, normalize_pixels
 from trt_build.vlm_random import TinySize, build_random, tiny_config
 
 
@@ -93,6 +93,14 @@ def hf_method(module: str, class_name: str, method: str) -> Callable[..., Any]:
     namespace: dict[str, Any] = {"torch": torch}
     exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), namespace)
     return namespace[method]
+
+
+def normalized(pixels: np.ndarray, cfg: QwenVLConfig) -> np.ndarray:
+    """The gateway's uint8 patches as the engine normalises them (what HF's processor returns)."""
+    dim = pixels.shape[1]
+    cpu = torch.device("cpu")
+    mean, std = column_stats(cfg.mean, dim, cpu), column_stats(cfg.std, dim, cpu)
+    return normalize_pixels(torch.from_numpy(pixels), mean, std).numpy()
 
 
 def engine_request(items: list[PreparedItem]) -> VlmRequest:
