@@ -58,6 +58,17 @@ def create_job(
     return job
 
 
+def unfinished_migrations(store: VectorStore) -> list[tuple[str, str]]:
+    """(tenant, collection) of every migration that still has steps to run: active, or done with its
+    source collection not dropped yet. Blocking (use a thread)."""
+    out = []
+    for info in store.all_collections():
+        mig = migration_of(info)
+        if mig is not None and (mig.active or (mig.state is State.done and not mig.source_dropped)):
+            out.append((info.tenant, info.name))
+    return out
+
+
 class CeleryQueue:
     """Enqueues work for `embedfleet worker` processes; the Celery app is built once (not per enqueue)."""
 
@@ -168,7 +179,8 @@ class Dispatcher:
     # --- start-up recovery --------------------------------------------------------------------------
     async def resume(self) -> int:
         """In-process work the last run left unfinished: accepted jobs and migrations (their records say
-        where they stopped). With a broker, workers own recovery through redelivery."""
+        where they stopped). With a broker, workers own recovery: redelivery, and for a migration step
+        the broker lost, services.worker.recovery."""
         if self.queue is not None:
             return 0
         resumed = 0
@@ -176,11 +188,9 @@ class Dispatcher:
             if await asyncio.to_thread(self.jobs.claim, f"job:{job.id}"):
                 self._spawn(self._run_job(job.id))
                 resumed += 1
-        for info in await asyncio.to_thread(self.store.all_collections):
-            mig = migration_of(info)
-            pending = mig is not None and (mig.active or (mig.state is State.done and not mig.source_dropped))
-            if pending and await asyncio.to_thread(self.jobs.claim, f"migration:{info.tenant}:{info.name}"):
-                self._spawn(self._run_migration(info.tenant, info.name))
+        for tenant, name in await asyncio.to_thread(unfinished_migrations, self.store):
+            if await asyncio.to_thread(self.jobs.claim, f"migration:{tenant}:{name}"):
+                self._spawn(self._run_migration(tenant, name))
                 resumed += 1
         if resumed:
             log.info("resumed %d unfinished jobs and migrations", resumed)

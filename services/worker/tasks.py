@@ -12,8 +12,9 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from services.config import Settings
 from services.errors import Transient
-from services.jobs.dispatch import BACKOFF_MAX_S, CHUNK_ATTEMPTS
+from services.jobs.dispatch import BACKOFF_MAX_S, CHUNK_ATTEMPTS, unfinished_migrations
 from services.worker.celery_app import INDEX_CHUNK, MIGRATION_STEP, QUEUE, make_celery
+from services.worker.recovery import resend_lost_steps
 
 if TYPE_CHECKING:
     from services.runtime import Runtime
@@ -47,9 +48,32 @@ def _runtime() -> tuple[Runtime, asyncio.AbstractEventLoop]:
 
 @worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
-    """A forked pool child must not reuse its parent's sockets or event loop (it keeps the settings)."""
+    """A forked pool child must not reuse its parent's sockets or event loop (it keeps the settings);
+    then it re-sends any migration step the broker lost with a dead worker."""
     _state.pop("runtime", None)
     _state.pop("loop", None)
+    try:
+        recover_steps()
+    except Exception:  # a worker must start even when the broker or the store hiccups now
+        log.exception("migration step recovery failed; unfinished migrations were not checked")
+
+
+def recover_steps() -> list[tuple[str, str]]:
+    """services.worker.recovery over this process's store (it owns an embedded one) and broker."""
+    rt, _ = _runtime()
+    queue = rt.dispatcher.queue
+    if queue is None:
+        return []
+    with queue.app.connection_for_write() as conn:
+        if conn.transport.driver_type != "redis":
+            return []  # kombu's other transports redeliver unacked messages themselves
+        return resend_lost_steps(
+            conn.default_channel.client,
+            QUEUE,
+            unfinished_migrations(rt.store),
+            queue.send_step,
+            rt.settings.job_visibility_timeout_s,
+        )
 
 
 @worker_process_shutdown.connect

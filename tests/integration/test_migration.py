@@ -148,6 +148,65 @@ def test_live_migration_with_writers_readers_and_rollback(gateway: Gateway) -> N
     assert bad.status_code in (400, 422) and "query_log" in bad.text
 
 
+WORKER_MODELS = {"EMBEDFLEET_MODELS": "all-minilm-l6-v2,minilm-e5", "EMBEDFLEET_LOG_LEVEL": "info"}
+
+
+def celery_migration(settings, triton, redis_server, name: str, docs: list):  # type: ignore[no-untyped-def]
+    """Settings of a worker-owned data dir with `docs` indexed in collection t/`name` under
+    all-minilm-l6-v2 and a migration to minilm-e5 started (the fit is tested above); no step is sent yet.
+    Each test has its own collection name: the broker is shared."""
+    import asyncio
+
+    from services.indexing import Document, index_documents
+    from services.runtime import Runtime
+    from services.store import Layout
+
+    own = settings.model_copy(
+        update={
+            "data_dir": settings.data_dir / f"celery-{name}",
+            "broker_url": redis_server.url,
+            "triton_url": triton.ports.grpc_url,
+        }
+    )
+
+    async def setup() -> None:
+        rt = Runtime.build(own)
+        try:
+            rt.store.create_collection("t", name, Layout("all-minilm-l6-v2", "1", 384))
+            for i in range(0, len(docs), 100):
+                part = [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
+                await index_documents(rt.embedder, rt.store, rt.blobs, "t", name, part)
+            await rt.migrations.start("t", name, "minilm-e5", "mean")
+        finally:
+            await rt.close()
+
+    asyncio.run(setup())
+    return own
+
+
+def wait_for_log(log, text: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert text in log.read_text(), log.read_text()[-3000:]
+
+
+def assert_migrated(own, name: str, docs: list) -> None:  # type: ignore[no-untyped-def]
+    """Read after the worker (the embedded store's owner) has stopped: the new model serves exactly the
+    live documents, each embedded once."""
+    from services.store import open_store
+
+    store = open_store(own)
+    try:
+        info = store.get_collection("t", name)
+        assert info.model == "minilm-e5" and info.migration["state"] == "done"
+        assert info.migration["backfill"]["done"] == info.migration["backfill"]["total"] == len(docs)
+        ids = [i for page in store.scroll_ids("t", name) for i in page]
+        assert sorted(ids) == sorted(d.id for d in docs)
+    finally:
+        store.close()
+
+
 @pytest.mark.timeout(600)
 def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     settings,
@@ -159,59 +218,48 @@ def test_celery_backfill_survives_sigkill_and_ends_with_exactly_the_live_docs(
     mid-backfill and restarted. Local-mode Qdrant is owned by one process, so the worker owns it while
     it runs and this test reads it only before and after (concurrent writers/readers need a Qdrant server
     and are covered in-process above)."""
-    import asyncio
     import os
     import signal
 
-    from services.indexing import Document, index_documents
     from services.jobs.dispatch import CeleryQueue
-    from services.runtime import Runtime
-    from services.store import Layout, open_store
     from tests.integration.test_collections import start_worker
 
-    data_dir = settings.data_dir / "celery-mig"
-    own = settings.model_copy(
-        update={"data_dir": data_dir, "broker_url": redis_server.url, "triton_url": triton.ports.grpc_url}
-    )
     docs = stdlib_docs()[2400:2620]
-
-    async def setup() -> None:
-        rt = Runtime.build(own)
-        try:
-            rt.store.create_collection("t", "c", Layout("all-minilm-l6-v2", "1", 384))
-            for i in range(0, len(docs), 100):
-                part = [Document(id=d.id, text=d.body) for d in docs[i : i + 100]]
-                await index_documents(rt.embedder, rt.store, rt.blobs, "t", "c", part)
-            await rt.migrations.start("t", "c", "minilm-e5", "mean")  # the fit is tested above
-        finally:
-            await rt.close()
-
-    asyncio.run(setup())
-    CeleryQueue(own).send_step("t", "c")
-    log = data_dir / "worker.log"
-    env_models = {"EMBEDFLEET_MODELS": "all-minilm-l6-v2,minilm-e5", "EMBEDFLEET_LOG_LEVEL": "info"}
-    worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log, env_models)
+    own = celery_migration(settings, triton, redis_server, "mig", docs)
+    CeleryQueue(own).send_step("t", "mig")
+    log = own.data_dir / "worker.log"
+    worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log, WORKER_MODELS)
     try:
-        deadline = time.monotonic() + 240
-        while "backfill 128/" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "backfill 128/" in log.read_text(), log.read_text()[-3000:]
+        wait_for_log(log, "backfill 128/", 240)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
-        worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log, env_models)
-        deadline = time.monotonic() + 300
-        while "cutover complete" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "cutover complete" in log.read_text(), log.read_text()[-3000:]
+        worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log, WORKER_MODELS)
+        wait_for_log(log, "cutover complete", 300)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
-    store = open_store(own)
+    assert_migrated(own, "mig", docs)
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_starting_resends_a_migration_step_the_broker_lost(settings, triton, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """kombu's Redis transport loses a message popped by a consumer killed before it recorded it as
+    unacked (services/worker/recovery.py). The same state, made on purpose: a migration started, its step
+    in no queue and no unacked hash. A worker starting sends one, and the migration completes."""
+    import os
+    import signal
+
+    from tests.integration.test_collections import start_worker
+
+    docs = stdlib_docs()[2700:2790]
+    own = celery_migration(settings, triton, redis_server, "lost", docs)
+    log = own.data_dir / "worker.log"
+    worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log, WORKER_MODELS)
     try:
-        info = store.get_collection("t", "c")
-        assert info.model == "minilm-e5" and info.migration["state"] == "done"
-        assert info.migration["backfill"]["done"] == info.migration["backfill"]["total"] == len(docs)
-        ids = [i for page in store.scroll_ids("t", "c") for i in page]
-        assert sorted(ids) == sorted(d.id for d in docs)
+        wait_for_log(log, "migration t/lost had no step in the broker", 120)
+        wait_for_log(log, "cutover complete", 300)
     finally:
-        store.close()
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+    assert log.read_text().count("had no step") == 1  # once: the chain then holds a step at all times
+    assert_migrated(own, "lost", docs)
