@@ -258,9 +258,10 @@ class RedisJobStore:
         self.r.rpush(f"ef:job:{job_id}:errors", message[:500])
 
     def running(self, tenant: str | None, collection: str | None = None) -> list[Job]:
-        if tenant is None:
-            return []  # workers own recovery through the broker's redelivery
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.r.smembers(f"ef:jobs:{tenant}")]
+        """Tenant None: every tenant's (a worker starting re-sends their lost chunks,
+        services/worker/recovery.py)."""
+        keys = [f"ef:jobs:{tenant}"] if tenant is not None else list(self.r.scan_iter(match="ef:jobs:*"))
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in (self.r.sunion(keys) if keys else ())]
         return [j for j in self._load_many(ids) if j.running and collection in (None, j.collection)]
 
     def claim(self, key: str) -> bool:

@@ -14,7 +14,7 @@ from services.config import Settings
 from services.errors import Transient
 from services.jobs.dispatch import BACKOFF_MAX_S, CHUNK_ATTEMPTS, unfinished_migrations
 from services.worker.celery_app import INDEX_CHUNK, MIGRATION_STEP, QUEUE, make_celery
-from services.worker.recovery import resend_lost_steps
+from services.worker.recovery import resend_lost
 
 if TYPE_CHECKING:
     from services.runtime import Runtime
@@ -49,31 +49,35 @@ def _runtime() -> tuple[Runtime, asyncio.AbstractEventLoop]:
 @worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
     """A forked pool child must not reuse its parent's sockets or event loop (it keeps the settings);
-    then it re-sends any migration step the broker lost with a dead worker."""
+    then it re-sends any chunk or migration step the broker lost with a dead worker."""
     _state.pop("runtime", None)
     _state.pop("loop", None)
     try:
-        recover_steps()
+        recover_lost_work()
     except Exception:  # a worker must start even when the broker or the store hiccups now
-        log.exception("migration step recovery failed; unfinished migrations were not checked")
+        log.exception("recovery of lost messages failed; unfinished work was not checked")
 
 
-def recover_steps() -> list[tuple[str, str]]:
-    """services.worker.recovery over this process's store (it owns an embedded one) and broker."""
+def recover_lost_work() -> list[tuple[str, tuple[Any, ...]]]:
+    """services.worker.recovery over this process's store (it owns an embedded one), jobs and broker:
+    each unfinished migration wants a step, each running job its chunks not done yet."""
     rt, _ = _runtime()
     queue = rt.dispatcher.queue
     if queue is None:
         return []
+    wanted: list[tuple[str, tuple[Any, ...]]] = [(MIGRATION_STEP, m) for m in unfinished_migrations(rt.store)]
+    for job in rt.jobs.running(None):
+        done = set(job.done_chunks)
+        wanted += [(INDEX_CHUNK, (job.id, i)) for i in range(len(job.chunks)) if i not in done]
+
+    def send(task: str, args: tuple[Any, ...]) -> None:
+        queue.app.send_task(task, args=list(args), queue=QUEUE)
+
     with queue.app.connection_for_write() as conn:
         if conn.transport.driver_type != "redis":
             return []  # kombu's other transports redeliver unacked messages themselves
-        return resend_lost_steps(
-            conn.default_channel.client,
-            QUEUE,
-            unfinished_migrations(rt.store),
-            queue.send_step,
-            rt.settings.job_visibility_timeout_s,
-        )
+        client = conn.default_channel.client
+        return resend_lost(client, QUEUE, wanted, send, rt.settings.job_visibility_timeout_s)
 
 
 @worker_process_shutdown.connect

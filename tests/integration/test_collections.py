@@ -17,6 +17,7 @@ from services.config import Settings
 from services.jobs import RedisJobStore
 from services.jobs.dispatch import CeleryQueue, create_job
 from services.store import Layout, open_store
+from services.worker.celery_app import INDEX_CHUNK, QUEUE
 from tests.corpus import stdlib_docs
 from tests.integration.conftest import Gateway, Redis, spawn_cli, start_gateway
 
@@ -210,28 +211,56 @@ def start_worker(
     return spawn_cli("worker", env, log, append=True)
 
 
+def celery_job(settings: Settings, redis_server: Redis, folder: str, docs: list):  # type: ignore[no-untyped-def]
+    """A worker-owned data dir with an empty collection t1/docs and a job of `docs` in chunks of 20,
+    recorded in Redis and not sent yet: (settings, job store, job)."""
+    from services.indexing import Document
+
+    own = settings.model_copy(
+        update={"data_dir": settings.data_dir / folder, "broker_url": redis_server.url, "job_chunk_size": 20}
+    )
+    store = open_store(own)  # embedded store: released before the worker (its owner) starts
+    store.create_collection("t1", "docs", Layout(MODEL, "1", 384))
+    store.close()
+    jobs = RedisJobStore(redis_server.url)
+    core_docs = [Document(id=d.id, text=d.body) for d in docs]
+    return (
+        own,
+        jobs,
+        create_job(jobs, BlobStore.from_settings(own), own.job_chunk_size, "t1", "docs", core_docs),
+    )
+
+
+def wait_job_done(jobs: RedisJobStore, job_id: str, log, timeout: float):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while jobs.get(job_id).running and time.monotonic() < deadline:
+        time.sleep(0.5)
+    final = jobs.get(job_id)
+    assert final.state == "succeeded", (final.public(), log.read_text()[-2000:])
+    return final
+
+
+def assert_exactly(own: Settings, docs: list) -> None:
+    store = open_store(own)
+    try:
+        assert store.get_collection("t1", "docs").points_count == len(docs)
+        ids = [i for page in store.scroll_ids("t1", "docs") for i in page]
+        assert sorted(ids) == sorted(d.id for d in docs)  # every document exactly once
+    finally:
+        store.close()
+
+
 def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
     settings: Settings,
     triton,
     redis_server: Redis,
     corpus: list,  # type: ignore[no-untyped-def]
 ) -> None:
-    data_dir = settings.data_dir / "celery"
-    own = settings.model_copy(
-        update={"data_dir": data_dir, "broker_url": redis_server.url, "job_chunk_size": 20}
-    )
-    store = open_store(own)  # embedded store: released before the worker (its owner) starts
-    store.create_collection("t1", "docs", Layout(MODEL, "1", 384))
-    store.close()
     docs = corpus[:300]
-    from services.indexing import Document
-
-    jobs = RedisJobStore(redis_server.url)
-    core_docs = [Document(id=d.id, text=d.body) for d in docs]
-    job = create_job(jobs, BlobStore.from_settings(own), own.job_chunk_size, "t1", "docs", core_docs)
+    own, jobs, job = celery_job(settings, redis_server, "celery", docs)
     CeleryQueue(own).send_job(job)
-    log = data_dir / "worker.log"
-    worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log)
+    log = own.data_dir / "worker.log"
+    worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log)
     try:
         deadline = time.monotonic() + 120
         while jobs.get(job.id).done < 100 and time.monotonic() < deadline:
@@ -240,23 +269,37 @@ def test_celery_worker_sigkilled_mid_job_completes_exactly_once(
         os.killpg(worker.pid, signal.SIGKILL)  # main process and its pool child, mid-job
         worker.wait(10)
         assert jobs.get(job.id).state == "running"
-        worker = start_worker(settings, redis_server, triton.ports.grpc_url, data_dir, log)
-        deadline = time.monotonic() + 180
-        while jobs.get(job.id).state == "running" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        final = jobs.get(job.id)
-        assert final.state == "succeeded", (final.public(), log.read_text()[-2000:])
+        worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log)
+        final = wait_job_done(jobs, job.id, log, 180)
         assert final.done == final.total == len(docs)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(20)
-    store = open_store(own)
+    assert_exactly(own, docs)
+
+
+def test_a_worker_starting_resends_a_chunk_the_broker_lost(
+    settings: Settings, triton, redis_server: Redis, corpus: list
+) -> None:  # type: ignore[no-untyped-def]
+    """A chunk message popped by a consumer SIGKILLed before kombu recorded it as unacked is gone
+    (services/worker/recovery.py); made on purpose here: chunk 2 of 5 is never sent. The worker's pool
+    process sends it when it starts, and the job ends with every document exactly once."""
+    docs = corpus[300:400]
+    own, jobs, job = celery_job(settings, redis_server, "celery-lost-chunk", docs)
+    queue = CeleryQueue(own)
+    for index in (0, 1, 3, 4):
+        queue.app.send_task(INDEX_CHUNK, args=[job.id, index], queue=QUEUE)
+    log = own.data_dir / "worker.log"
+    worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log)
     try:
-        assert store.get_collection("t1", "docs").points_count == len(docs)
-        ids = [i for page in store.scroll_ids("t1", "docs") for i in page]
-        assert sorted(ids) == sorted(d.id for d in docs)  # every document exactly once
+        final = wait_job_done(jobs, job.id, log, 180)
+        assert final.done == final.total == len(docs)
     finally:
-        store.close()
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(20)
+    assert log.read_text().count("had no message in the broker") == 1, log.read_text()[-2000:]
+    assert f"embedfleet.index_chunk['{job.id}', 2] had no message" in log.read_text()
+    assert_exactly(own, docs)
 
 
 @pytest.mark.timeout(600)

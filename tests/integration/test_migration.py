@@ -256,10 +256,10 @@ def test_a_worker_starting_resends_a_migration_step_the_broker_lost(settings, tr
     log = own.data_dir / "worker.log"
     worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log, WORKER_MODELS)
     try:
-        wait_for_log(log, "migration t/lost had no step in the broker", 120)
+        wait_for_log(log, "embedfleet.migration_step['t', 'lost'] had no message in the broker", 120)
         wait_for_log(log, "cutover complete", 300)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
-    assert log.read_text().count("had no step") == 1  # once: the chain then holds a step at all times
+    assert log.read_text().count("had no message") == 1  # once: the chain then holds a step at all times
     assert_migrated(own, "lost", docs)
