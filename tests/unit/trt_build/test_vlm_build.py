@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from services.config import get_settings
 from services.registry import Registry, load_registry
+from services.vlm import VlmModel
 from tests.unit.trt_build.tiny_qwen_vl import backbone_dir, write_adapter
 from trt_build.build import build
 
@@ -38,6 +39,10 @@ def test_entry_follows_the_registry_and_is_idempotent(
     assert params["max_patches"] == str(SHAPES.batching.max_batch_patches)
     assert params["max_batch_tokens"] == str(SHAPES.batching.max_batch_tokens)
     assert list(cfg.output[0].dims) == [-1, SHAPES.dimension]
+    # the engine normalises the uint8 pixels with exactly the numbers the gateway's preprocessing reads
+    gateway = VlmModel(SHAPES, settings).cfg
+    assert [float(v) for v in params["image_mean"].split(",")] == list(gateway.mean)
+    assert [float(v) for v in params["image_std"].split(",")] == list(gateway.std)
     assert (tmp_path / "vlm-shapes" / "1" / "hf" / "model.safetensors").exists()
     assert build(registry, "vlm-shapes", settings, "cpu").up_to_date
     assert "up to date" in capsys.readouterr().out
@@ -90,3 +95,18 @@ def test_the_registry_must_fit_the_folder(tmp_path: Path) -> None:
             "cpu",
             force=True,
         )
+
+
+def test_a_folder_must_name_its_pixel_mean_and_std(tmp_path: Path) -> None:
+    """Without them the gateway would fall back to a family default the engine might not share."""
+    import json
+    import shutil
+
+    folder = tmp_path / "folder"
+    shutil.copytree(SHAPES.source_dir(), folder)
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    del pre["image_std"]
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    entry = SHAPES.model_copy(update={"source": SHAPES.source.model_copy(update={"path": str(folder)})})
+    with pytest.raises(ValueError, match="must name image_mean and image_std"):
+        build(Registry(models=[entry]), "vlm-shapes", get_settings(model_repository=tmp_path / "repo"), "cpu")
