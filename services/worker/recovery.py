@@ -28,23 +28,27 @@ PRIORITY_SEP = "\x06\x16"  # kombu's separator for a queue's priority lists (`<q
 Work = tuple[str, tuple[Any, ...]]  # (task name, its positional args)
 
 
-def _work_of(raw: Any) -> Work | None:
-    """(task, args) of a kombu Redis message (Celery's task protocol 2), None for anything else."""
-    if not isinstance(raw, dict) or "task" not in raw.get("headers", {}):
+def _work_of(raw: bytes, unacked: bool) -> Work | None:
+    """(task, args) of a stored kombu Redis message (Celery's task protocol 2; an unacked entry wraps it
+    with its exchange and routing key), None for anything else: a foreign message must not stop the scan."""
+    try:
+        message = json.loads(raw)[0] if unacked else json.loads(raw)
+        task = message["headers"]["task"]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return str(task), tuple(json.loads(body)[0])
+    except (ValueError, KeyError, IndexError, TypeError):
         return None
-    body = raw.get("body", "")
-    if raw.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    return str(raw["headers"]["task"]), tuple(json.loads(body)[0])
 
 
 def held(client: Any, queue: str) -> set[Work]:
     """Every task the broker holds for `queue`: queued (any of its priority lists) or delivered and not
     yet acked (running, or waiting for its countdown)."""
     lists = [queue, *(k.decode() for k in client.scan_iter(match=f"{queue}{PRIORITY_SEP}*"))]
-    raws = [json.loads(m) for name in lists for m in client.lrange(name, 0, -1)]
-    raws += [json.loads(v)[0] for v in client.hvals(UNACKED_KEY)]
-    return {w for w in map(_work_of, raws) if w is not None}
+    works = [_work_of(m, unacked=False) for name in lists for m in client.lrange(name, 0, -1)]
+    works += [_work_of(v, unacked=True) for v in client.hvals(UNACKED_KEY)]
+    return {w for w in works if w is not None}
 
 
 def resend_lost(

@@ -30,6 +30,7 @@ def test_held_sees_queued_delayed_and_unacked_tasks(queue) -> None:  # type: ign
     q.send_step("t", "queued")
     q.send_step("t", "delayed", delay=5.0)
     q.app.send_task(INDEX_CHUNK, args=["job", 3], queue=QUEUE)
+    client.lpush(QUEUE, b"not a celery message", b'{"headers": {}}')  # foreign entries are skipped
     everything = {
         (MIGRATION_STEP, ("t", "queued")),
         (MIGRATION_STEP, ("t", "delayed")),
@@ -39,7 +40,7 @@ def test_held_sees_queued_delayed_and_unacked_tasks(queue) -> None:  # type: ign
     # delivered to a consumer and not acked (a running task): held in kombu's unacked hash
     message = conn.default_channel.basic_get(QUEUE, no_ack=False)
     assert message is not None and message.headers["argsrepr"] == "['t', 'queued']"  # first in, first out
-    assert client.llen(QUEUE) == 2 and client.hlen("unacked") == 1
+    assert client.llen(QUEUE) == 4 and client.hlen("unacked") == 1
     assert held(client, QUEUE) == everything
     message.ack()
     assert held(client, QUEUE) == everything - {(MIGRATION_STEP, ("t", "queued"))}
