@@ -13,8 +13,9 @@ preprocessing share of the raw time is reported beside it: the part of the work 
 
 Served: `embedfleet serve` on loopback (cache off, so every item is encoded), `clients` closed-loop
 clients of bench/loadgen.py (its own process) each sending one item per request, for a bounded time;
-the gateway's and Triton's CPU seconds are read from /proc, so the preprocessing share of the served
-path shows too (the gateway process does it).
+the CPU seconds of the gateway, of tritonserver and of the engine (the python-backend stub, one thread)
+are read from /proc, so the preprocessing share of the served path shows too (the gateway process does
+it), and so does which process bounds the served rate.
 
 Inputs: held-out vlm-shapes renders (PNG, 64 px) with the image-document prompt, and 8-frame mp4 clips.
 
@@ -165,7 +166,10 @@ def main() -> None:
         "EMBEDFLEET_DATA_DIR": "/dev/shm/embedfleet-vlm-bench",
     }
     with serving(env) as server, tempfile.TemporaryDirectory() as tmp:
-        meter = CpuMeter(server.proc.pid, "gateway", {"tritonserver": "triton"})
+        # the python-backend stub (its process name, truncated: the engine) apart from tritonserver itself
+        meter = CpuMeter(
+            server.proc.pid, "gateway", {"tritonserver": "tritonserver", "triton_python_b": "engine"}
+        )
         work = Path(tmp)
         for kind, p_list in payloads.items():  # warm up: first calls load kernels
             served(server.url, kind, p_list, 2, 3.0, meter, work)
