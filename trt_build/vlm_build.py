@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from services.config import Settings
 from services.registry import ModelSpec
 from trt_build.stamps import BUILD_CODE, STAMP, BuildReport, inputs_digest, up_to_date, write_stamp
+from trt_build.vlm_model import pixel_stats
 from trt_build.vlm_random import merge_lora
 from trt_build.vlm_target import VlmOptions, write_vlm_entry
 
@@ -66,20 +67,15 @@ def check_backbone(spec: ModelSpec, hf_dir: Path) -> int:
     return int(getattr(vision, "in_channels", 3) * vision.temporal_patch_size * vision.patch_size**2)
 
 
-def pixel_stats(spec: ModelSpec) -> tuple[list[float], list[float]]:
+def folder_pixel_stats(spec: ModelSpec) -> tuple[list[float], list[float]]:
     """The folder's `image_mean` / `image_std`, which the engine normalises the served uint8 pixels with.
     Required here, not defaulted: the gateway takes the same file's values (services.media.qwen2vl
     `config_from_hf`) and falls back to a family default only where the file names none, so a folder that
     builds is one where both sides read the same numbers. Published Qwen-VL folders name both."""
-    path = spec.model_file("preprocessor_config.json")
     try:
-        pre = json.loads(path.read_text())
-        mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{spec.name}: {path} must name image_mean and image_std ({exc!r})") from exc
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"{spec.name}: image_mean and image_std need 3 values each in {path}")
-    return mean, std
+        return pixel_stats(spec.model_file("preprocessor_config.json"))
+    except ValueError as exc:
+        raise ValueError(f"{spec.name}: {exc}") from exc
 
 
 def build_vlm(
@@ -108,7 +104,7 @@ def build_vlm(
         report.figures["lora_modules"] = len(merged)
         hf_dir = weights
     patch_dim = check_backbone(spec, hf_dir)
-    mean, std = pixel_stats(spec)
+    mean, std = folder_pixel_stats(spec)
     write_vlm_entry(spec, model_root, hf_dir, patch_dim, opts, image_mean=mean, image_std=std)
     report.figures.update({"patch_dim": patch_dim, "device": opts.device, "dtype": opts.dtype})
     report.say(f"wrote Triton vlm entry {model_root} ({opts.device}, {opts.dtype}, weights in {weights})")

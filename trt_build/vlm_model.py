@@ -123,6 +123,20 @@ def column_stats(values: Sequence[float], patch_dim: int, device: torch.device) 
     return per.repeat_interleave(patch_dim // 3).to(device)
 
 
+def pixel_stats(path: str | os.PathLike[str]) -> tuple[list[float], list[float]]:
+    """`image_mean` and `image_std` (3 values each) from a `preprocessor_config.json`; ValueError naming
+    the file where they are missing or malformed. The build writes them into config.pbtxt from here."""
+    try:
+        with open(path) as fh:
+            pre = json.load(fh)
+        mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} must name image_mean and image_std ({exc!r})") from exc
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"image_mean and image_std need 3 values each in {path}")
+    return mean, std
+
+
 def parse_request(arrays: dict[str, np.ndarray | None], patch_dim: int) -> VlmRequest:
     """Named arrays of one request -> VlmRequest with dtypes fixed and shapes checked."""
     for name in INPUT_NAMES:
@@ -352,15 +366,7 @@ class VlmEngine:
         import transformers
 
         if image_mean is None or image_std is None:
-            path = os.path.join(model_dir, "preprocessor_config.json")
-            try:
-                with open(path) as fh:
-                    pre = json.load(fh)
-                image_mean, image_std = pre["image_mean"], pre["image_std"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise ValueError(
-                    f"vlm engine: no image_mean/image_std given and none in {path}: {exc}"
-                ) from exc
+            image_mean, image_std = pixel_stats(os.path.join(model_dir, "preprocessor_config.json"))
         model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation=attn_implementation)
         return cls(model, device, dtype, padding_side, image_mean=image_mean, image_std=image_std, **limits)
 

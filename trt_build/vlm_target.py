@@ -48,8 +48,8 @@ def vlm_config(
     image_std: Sequence[float],
 ) -> str:
     """config.pbtxt text for a vlm entry; `patch_dim` = 3 x temporal patch x patch^2 (1176 for Qwen2-VL).
-    `image_mean`/`image_std`: what the engine normalises the served uint8 pixels with, as the gateway's
-    preprocessing config resolves them (services/vlm.py), so the two sides cannot disagree."""
+    `image_mean`/`image_std`: what the engine normalises the served uint8 pixels with, the model folder's
+    own values, which the gateway's preprocessing reads too (trt_build/vlm_build.py)."""
     opts = opts or VlmOptions()
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
     inputs = [

@@ -76,9 +76,12 @@ class CeleryQueue:
         self.settings = settings
         self.app = make_celery(settings)
 
+    def send(self, task: str, args: tuple[Any, ...]) -> None:
+        self.app.send_task(task, args=list(args), queue=QUEUE)
+
     def send_job(self, job: Job) -> None:
         for index in range(len(job.chunks)):
-            self.app.send_task(INDEX_CHUNK, args=[job.id, index], queue=QUEUE)
+            self.send(INDEX_CHUNK, (job.id, index))
 
     def send_step(self, tenant: str, name: str, delay: float = 0.0) -> None:
         """Countdowns are capped below the visibility timeout so a delayed message is not redelivered while

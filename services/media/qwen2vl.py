@@ -394,7 +394,7 @@ def prepare_item(
     types = mm_token_types(expanded, cfg)
     positions, delta = rope_positions(types, [(v.kind, v.grid_thw, v.seconds_per_grid) for v in visuals], cfg)
     if visuals:
-        pixels = np.concatenate([v.pixel_values for v in visuals]).astype(np.uint8, copy=False)
+        pixels = np.concatenate([v.pixel_values for v in visuals])
         grids = np.asarray([v.grid_thw for v in visuals], dtype=np.int64)
     else:
         pixels = np.zeros((0, cfg.patch_dim), dtype=np.uint8)

@@ -70,14 +70,11 @@ def recover_lost_work() -> list[tuple[str, tuple[Any, ...]]]:
         done = set(job.done_chunks)
         wanted += [(INDEX_CHUNK, (job.id, i)) for i in range(len(job.chunks)) if i not in done]
 
-    def send(task: str, args: tuple[Any, ...]) -> None:
-        queue.app.send_task(task, args=list(args), queue=QUEUE)
-
     with queue.app.connection_for_write() as conn:
         if conn.transport.driver_type != "redis":
             return []  # kombu's other transports redeliver unacked messages themselves
         client = conn.default_channel.client
-        return resend_lost(client, QUEUE, wanted, send, rt.settings.job_visibility_timeout_s)
+        return resend_lost(client, QUEUE, wanted, queue.send, rt.settings.job_visibility_timeout_s)
 
 
 @worker_process_shutdown.connect

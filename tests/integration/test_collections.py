@@ -17,7 +17,7 @@ from services.config import Settings
 from services.jobs import RedisJobStore
 from services.jobs.dispatch import CeleryQueue, create_job
 from services.store import Layout, open_store
-from services.worker.celery_app import INDEX_CHUNK, QUEUE
+from services.worker.celery_app import INDEX_CHUNK
 from tests.corpus import stdlib_docs
 from tests.integration.conftest import Gateway, Redis, spawn_cli, start_gateway
 
@@ -288,7 +288,7 @@ def test_a_worker_starting_resends_a_chunk_the_broker_lost(
     own, jobs, job = celery_job(settings, redis_server, "celery-lost-chunk", docs)
     queue = CeleryQueue(own)
     for index in (0, 1, 3, 4):
-        queue.app.send_task(INDEX_CHUNK, args=[job.id, index], queue=QUEUE)
+        queue.send(INDEX_CHUNK, (job.id, index))
     log = own.data_dir / "worker.log"
     worker = start_worker(settings, redis_server, triton.ports.grpc_url, own.data_dir, log)
     try:

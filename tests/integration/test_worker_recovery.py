@@ -29,7 +29,7 @@ def test_held_sees_queued_delayed_and_unacked_tasks(queue) -> None:  # type: ign
     q, conn, client = queue
     q.send_step("t", "queued")
     q.send_step("t", "delayed", delay=5.0)
-    q.app.send_task(INDEX_CHUNK, args=["job", 3], queue=QUEUE)
+    q.send(INDEX_CHUNK, ("job", 3))
     client.lpush(QUEUE, b"not a celery message", b'{"headers": {}}')  # foreign entries are skipped
     everything = {
         (MIGRATION_STEP, ("t", "queued")),
@@ -49,23 +49,20 @@ def test_held_sees_queued_delayed_and_unacked_tasks(queue) -> None:  # type: ign
 def test_only_what_the_broker_lost_is_sent_again_once(queue) -> None:  # type: ignore[no-untyped-def]
     q, _, client = queue
 
-    def send(task: str, args: tuple) -> None:  # type: ignore[type-arg]
-        q.app.send_task(task, args=list(args), queue=QUEUE)
-
     q.send_step("t", "alive")
-    q.app.send_task(INDEX_CHUNK, args=["job", 0], queue=QUEUE)
+    q.send(INDEX_CHUNK, ("job", 0))
     wanted = [
         (MIGRATION_STEP, ("t", "alive")),
         (MIGRATION_STEP, ("t", "lost")),
         (INDEX_CHUNK, ("job", 0)),
         (INDEX_CHUNK, ("job", 1)),
     ]
-    sent = resend_lost(client, QUEUE, wanted, send, hold_s=30)
+    sent = resend_lost(client, QUEUE, wanted, q.send, hold_s=30)
     assert sent == [(MIGRATION_STEP, ("t", "lost")), (INDEX_CHUNK, ("job", 1))]
     assert held(client, QUEUE) == set(wanted)
     # lost once more within the hold: a second process starting now sends nothing
     client.delete(QUEUE)
-    assert resend_lost(client, QUEUE, wanted[1:2], send, hold_s=30) == []
+    assert resend_lost(client, QUEUE, wanted[1:2], q.send, hold_s=30) == []
     for key in client.scan_iter(match="embedfleet:recovery:*"):
         client.delete(key)  # the hold expired
-    assert resend_lost(client, QUEUE, wanted[1:2], send, hold_s=30) == wanted[1:2]
+    assert resend_lost(client, QUEUE, wanted[1:2], q.send, hold_s=30) == wanted[1:2]
