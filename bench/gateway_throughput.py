@@ -1,14 +1,14 @@
 """Served (gateway + Triton) vs raw in-process ONNX Runtime vs a peer server, side by side in one run.
 
-Raw: ORT on the same sentences, batches sorted by length, at several batch sizes; its best is the
-reference. Served: `embedfleet serve` on loopback, loaded by bench/loadgen.py in a separate process with
-(a) 64 concurrent single-sentence clients and (b) 16 clients x 16-sentence requests. Peer: Infinity
-(infinity-emb 0.0.78 in its own venv, set up as bench/README.md says) serving the same model folder,
-once per engine (`optimum` = ONNX Runtime, `torch`), under the same loads and sentences; skipped with a
-message where its venv or model folder is absent. Raw is measured between columns (this machine's speed
-drifts) and each column's ratio uses the mean of the raw runs either side of it. Every load phase also
-records the server's CPU seconds per request from /proc: gateway and Triton (tritonserver plus its
-python-backend stubs) apart, Infinity as one tree.
+Raw: ORT on the same sentences, batches sorted by length, at several batch sizes, on one intra-op session
+and on single-thread workers (`raw_ort`); its best is the reference. Served: `embedfleet serve` on
+loopback, loaded by bench/loadgen.py in a separate process with (a) 64 concurrent single-sentence clients
+and (b) 16 clients x 16-sentence requests. Peer: Infinity (infinity-emb 0.0.78 in its own venv, set up as
+bench/README.md says) serving the same model folder, once per engine (`optimum` = ONNX Runtime, `torch`),
+under the same loads and sentences; skipped with a message where its venv or model folder is absent. Raw
+is measured between columns (this machine's speed drifts) and each column's ratio uses the mean of the raw
+runs either side of it. Every load phase also records the server's CPU seconds per request from /proc:
+gateway and Triton (tritonserver plus its python-backend stubs) apart, Infinity as one tree.
 
     python -m bench.gateway_throughput --out bench/results/gateway_cpu.json
 """
@@ -54,32 +54,54 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def raw_ort(
-    texts: list[str], batch_sizes: tuple[int, ...] = (32, 64, 128), repeats: int = 2
+    texts: list[str],
+    batch_sizes: tuple[int, ...] = (32, 64, 128),
+    repeats: int = 2,
+    worker_batch_sizes: tuple[int, ...] = (32, 64),
 ) -> dict[str, float]:
+    """Sentences/s of ONNX Runtime in-process over batches sorted by length: `b<n>` one session with an
+    intra-op thread a core (how ORT is usually called), `w<k>_b<n>` k threads a core each running every
+    k-th batch on a single-thread session (how the served engine shares a batch, trt_build/run_plan.py);
+    the best of both is the reference. `b1_p50_ms`: one sentence at a time on the intra-op session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.batcher import pad_tokens
+
     settings = get_settings()
     spec = load_registry(settings.registry_path).get(MODEL)
     tok = TextTokenizer.for_model(spec)
-    run = ort_run(settings.model_repository / spec.engines["onnx"], threads=os.cpu_count() or 2)
+    cores = os.cpu_count() or 2
+    onnx = settings.model_repository / spec.engines["onnx"]
+    run, single = ort_run(onnx, threads=cores), ort_run(onnx, threads=1)
     ids = tok.encode(texts).ids
     order = np.argsort([len(x) for x in ids])
     out: dict[str, float] = {}
-    from services.batcher import pad_tokens
 
-    for b in batch_sizes:
+    def rate(batches: list[tuple[np.ndarray, np.ndarray]], workers: int) -> float:
         best = 0.0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for i in range(0, len(order), b):
-                rows = [ids[j] for j in order[i : i + b]]
-                run(*pad_tokens(rows))
-            best = max(best, len(texts) / (time.perf_counter() - t0))
-        out[f"b{b}"] = best
-    single = []
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                if workers == 1:
+                    for batch in batches:
+                        run(*batch)
+                else:
+                    list(pool.map(lambda k: [single(*b) for b in batches[k::workers]], range(workers)))
+                best = max(best, len(texts) / (time.perf_counter() - t0))
+        return best
+
+    for b in sorted({*batch_sizes, *worker_batch_sizes}):
+        batches = [pad_tokens([ids[j] for j in order[i : i + b]]) for i in range(0, len(order), b)]
+        if b in batch_sizes:
+            out[f"b{b}"] = rate(batches, 1)
+        if b in worker_batch_sizes and cores > 1:
+            out[f"w{cores}_b{b}"] = rate(batches, cores)
+    singles = []
     for j in order[:: max(1, len(order) // 300)]:
         t0 = time.perf_counter()
         run(*pad_tokens([ids[j]]))
-        single.append((time.perf_counter() - t0) * 1000)
-    out["b1_p50_ms"] = float(np.percentile(single, 50))
+        singles.append((time.perf_counter() - t0) * 1000)
+    out["b1_p50_ms"] = float(np.percentile(singles, 50))
     return out
 
 
@@ -320,8 +342,9 @@ def loads(url: str, texts_file: str, n: int, seconds: float, meter: CpuMeter) ->
     }
 
 
-def _best(raw: dict[str, float]) -> float:
-    return max(v for k, v in raw.items() if k.startswith("b") and not k.endswith("_ms"))
+def _best(raw: dict[str, float], kinds: str = "bw") -> float:
+    """The best rate of a raw run: of every engine setup, or of the intra-op session only (`kinds="b"`)."""
+    return max(v for k, v in raw.items() if k[0] in kinds and not k.endswith("_ms"))
 
 
 def unloaded(url: str, texts_file: str) -> dict[str, object]:
@@ -366,12 +389,18 @@ def overload(texts_file: str, seconds: float, queue: int = 64) -> dict[str, obje
 def _vs_raw(
     col: dict[str, dict[str, object]], before: dict[str, float], after: dict[str, float]
 ) -> dict[str, object]:
-    """The raw runs either side of a column, and its ratios to their mean best."""
+    """The raw runs either side of a column, and its ratios to their mean best (of every raw setup; the
+    `_intra_op` ratios use the intra-op session alone, the reference before the engine shared batches)."""
     best = float(np.mean([_best(before), _best(after)]))
+    intra = float(np.mean([_best(before, "b"), _best(after, "b")]))
+    single = cast(float, col["single_64_clients"]["sentences_per_s"])
+    many = cast(float, col["16x16"]["sentences_per_s"])
     return {
-        "raw_ort": {"before": before, "after": after, "best_mean": best},
-        "ratio_single": cast(float, col["single_64_clients"]["sentences_per_s"]) / best,
-        "ratio_16x16": cast(float, col["16x16"]["sentences_per_s"]) / best,
+        "raw_ort": {"before": before, "after": after, "best_mean": best, "intra_op_best_mean": intra},
+        "ratio_single": single / best,
+        "ratio_16x16": many / best,
+        "ratio_single_intra_op": single / intra,
+        "ratio_16x16_intra_op": many / intra,
     }
 
 
@@ -453,6 +482,8 @@ def main() -> None:
         "served_16x16": gateway["16x16"],
         "ratio_single": vs_raw["ratio_single"],
         "ratio_16x16": vs_raw["ratio_16x16"],
+        "ratio_single_intra_op": vs_raw["ratio_single_intra_op"],
+        "ratio_16x16_intra_op": vs_raw["ratio_16x16_intra_op"],
         "unloaded_single": calm,
         "unloaded_p50_vs_raw_b1_p50": cast(float, calm["p50_ms"]) / raw_b1,
         "overload": overloaded,

@@ -48,7 +48,12 @@ class Settings(BaseSettings):
     triton_grpc_port: int = 0
     triton_metrics_port: int = 0
     triton_instance_count: int = Field(1, ge=1, description="instances per model on the CPU target")
-    triton_ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per instance")
+    triton_ort_threads: int = Field(
+        2,
+        ge=1,
+        description="ONNX Runtime threads per instance: a batch's runs shared among that many single-thread "
+        "workers, a batch of one row on that many intra-op threads (trt_build/run_plan.py)",
+    )
     triton_torch_threads: int = Field(
         1,
         ge=1,

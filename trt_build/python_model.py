@@ -5,6 +5,8 @@ imports only numpy, onnxruntime, the backend's own utilities and `run_plan` (cop
 requests of one `execute` call are merged into one set of rows, sorted by true length and run in the
 padded runs `run_plan.plan_runs` picks (fewest padded tokens at a price per call): padding, not the
 model, decides CPU throughput, and a gateway's batch holds sentences in arrival order, of every length.
+The runs of a batch of several rows are shared among `intra_op_threads` single-thread workers
+(`run_plan.share_runs` says why); a batch of one row runs on a session with that many intra-op threads.
 Token models take every int64 input the config names (a cross-encoder adds `token_type_ids`); each
 request's rows go back shaped as the config's output dims (a reranker's [n] scores as [n, 1]).
 """
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from .run_plan import plan_runs
+from .run_plan import plan_runs, share_runs
 
 MAX_ROWS_PER_RUN = 64
 
@@ -27,19 +30,14 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        path = os.path.join(
+            args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx")
+        )
+        self.threads = int(params.get("intra_op_threads", "2"))
         # spinning threads burn the cores the gateway and the stub need between runs (measured: 401 -> 437
         # sentences/s for Triton alone on 2 cores with spinning off)
-        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0"))
-        self.session = ort.InferenceSession(
-            os.path.join(version_dir, params.get("onnx_file", "model.onnx")),
-            sess_options=options,
-            providers=["CPUExecutionProvider"],
-        )
+        spinning = params.get("allow_spinning", "0")
+        self.session = self._session(path, self.threads, spinning)
         self.input_names = [i["name"] for i in config["input"]]
         self.output_name = config["output"][0]["name"]
         self.output_dims = [int(d) for d in config["output"][0]["dims"]]  # per row, as clients see it
@@ -47,9 +45,26 @@ class TritonPythonModel:
         self.max_tokens = int(params.get("max_batch_tokens", "8192"))
         # a model may ignore a token input (token_type_ids of a reranker that has none): not fed then
         self.feeds = {i.name for i in self.session.get_inputs()}
+        # a second, single-thread session (the weights twice in memory) for batches shared among workers
+        shared = self.is_text and self.threads > 1 and params.get("share_runs", "1") == "1"
+        self.single = self._session(path, 1, spinning) if shared else None
+        self.workers = ThreadPoolExecutor(self.threads, "run") if shared else None
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], feeds)[0]
+    @staticmethod
+    def _session(path: str, threads: int, spinning: str) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+    def _run(self, feeds: dict[str, np.ndarray], session: ort.InferenceSession | None = None) -> np.ndarray:
+        return (session or self.session).run([self.output_name], feeds)[0]
+
+    def finalize(self) -> None:
+        if self.workers is not None:
+            self.workers.shutdown()
 
     def _text(self, arrays: list[tuple[np.ndarray, ...]]) -> np.ndarray:
         """Merge ragged requests, sort rows by length, run in chunks under the token budget."""
@@ -66,21 +81,30 @@ class TritonPythonModel:
                 row += n
         lengths = merged[self.input_names.index("attention_mask")].sum(axis=1)
         order = np.argsort(-lengths, kind="stable")
-        out: np.ndarray | None = None
-        for start, stop in plan_runs(lengths[order], MAX_ROWS_PER_RUN, self.max_tokens):
-            idx = order[start:stop]
-            longest = max(int(lengths[idx[0]]), 1)
-            result = self._run(
-                {
-                    name: merged[k, idx, :longest]
-                    for k, name in enumerate(self.input_names)
-                    if name in self.feeds
+        runs = plan_runs(lengths[order], MAX_ROWS_PER_RUN, self.max_tokens)
+
+        def run(
+            part: list[tuple[int, int]], session: ort.InferenceSession
+        ) -> list[tuple[np.ndarray, np.ndarray]]:
+            done = []
+            for start, stop in part:
+                idx = order[start:stop]
+                longest = max(int(lengths[idx[0]]), 1)
+                feeds = {
+                    n: merged[k, idx, :longest] for k, n in enumerate(self.input_names) if n in self.feeds
                 }
-            )
-            if out is None:
-                out = np.empty((total, *result.shape[1:]), dtype=np.float32)
+                done.append((idx, self._run(feeds, session)))
+            return done
+
+        if self.workers is None or self.single is None or total == 1:
+            results = run(runs, self.session)
+        else:
+            shares = [p for p in share_runs(runs, lengths[order], self.threads) if p]
+            single = self.single
+            results = [r for part in self.workers.map(lambda p: run(p, single), shares) for r in part]
+        out = np.empty((total, *results[0][1].shape[1:]), dtype=np.float32)
+        for idx, result in results:
             out[idx] = result
-        assert out is not None
         return out
 
     def _images(self, arrays: list[np.ndarray]) -> np.ndarray:

@@ -10,6 +10,15 @@ arrival-order batches of 32, ONNX Runtime on 2 threads (bench/README.md): the gr
 sentences/s, this plan with `run_cost` 32 tokens 326-328, the same sentences sorted globally (what no
 server sees) 291-345.
 
+A batch of several rows is then shared among single-thread workers (`share_runs`) rather than run on one
+multi-threaded session: an intra-op thread pool meets at every operator, so a core taken for a moment by
+the gateway or the client stalls the whole call, and the threads' hand-offs cost CPU of their own; single
+threads on separate runs meet once a batch. Measured offline (bench/README.md, "Sharing a batch"): 2
+single-thread workers 215-224 sentences/s at 8.1-8.4 ms of CPU a sentence vs 162-181 at 9.5-10.0 ms for
+one session of 2 intra-op threads, and 178-185 vs 144-158 with a process taking ~15% of each core in short
+bursts. A single row cannot be shared and still gains from intra-op threads (its latency is the
+unloaded floor), so the engine keeps a multi-threaded session for it.
+
 Imports only numpy: it runs in the Triton python-backend stub beside model.py.
 """
 
@@ -46,3 +55,48 @@ def plan_runs(
         runs.append((int(start_of[stop]), stop))
         stop = int(start_of[stop])
     return runs[::-1]
+
+
+def run_cost(lengths: np.ndarray, start: int, stop: int, per_run: int = RUN_COST_TOKENS) -> int:
+    """Padded tokens of run [start, stop) over lengths sorted longest first, plus the price of a call."""
+    return (stop - start) * max(int(lengths[start]), 1) + per_run
+
+
+def share_runs(
+    runs: list[tuple[int, int]], lengths: np.ndarray, workers: int, per_run: int = RUN_COST_TOKENS
+) -> list[list[tuple[int, int]]]:
+    """`runs` (from `plan_runs`) shared among `workers`, one list of runs a worker (some may be empty).
+
+    Runs go dearest first to the least loaded worker; then, while it shortens the dearest worker's share
+    (what the batch waits for), one run of two or more rows is cut in two where the parts cost most
+    evenly (a cut costs one more call), the runs shared again. Each try costs O(rows): n <= a few hundred.
+    """
+
+    def cost(run: tuple[int, int]) -> int:
+        return run_cost(lengths, run[0], run[1], per_run)
+
+    def share(runs: list[tuple[int, int]]) -> tuple[int, list[list[tuple[int, int]]]]:
+        shares: list[list[tuple[int, int]]] = [[] for _ in range(max(workers, 1))]
+        loads = [0] * len(shares)
+        for run in sorted(runs, key=cost, reverse=True):
+            k = loads.index(min(loads))
+            shares[k].append(run)
+            loads[k] += cost(run)
+        return max(loads), shares
+
+    def cut(run: tuple[int, int]) -> list[tuple[int, int]]:
+        start, stop = run
+        at = min(range(start + 1, stop), key=lambda c: max(cost((start, c)), cost((c, stop))))
+        return [(start, at), (at, stop)]
+
+    runs = list(runs)
+    best, shares = share(runs)
+    while True:
+        tries = [[*runs[:i], *cut(r), *runs[i + 1 :]] for i, r in enumerate(runs) if r[1] - r[0] > 1]
+        scored = [(share(t), t) for t in tries]
+        if not scored:
+            return shares
+        (span, split), split_runs = min(scored, key=lambda x: x[0][0])
+        if span >= best:
+            return shares
+        best, shares, runs = span, split, split_runs

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from services.batcher import pad_tokens
 from services.config import get_settings
 from services.registry import load_registry
+from services.tokenizer import TextTokenizer
+from tests.corpus import sentences
+from tests.unit.trt_build.python_stub import load_python_model
 from trt_build import engine
 from trt_build.build import build
 from trt_build.parity import MIN_COSINE, TextReference, check_parity, ort_run
@@ -83,6 +88,33 @@ def test_build_is_idempotent(built: Path, capsys: pytest.CaptureFixture[str]) ->
     repo = get_settings().model_repository / SPEC.name
     assert (repo / "config.pbtxt").read_text() == cpu_config(SPEC, CpuOptions())
     assert (repo / SPEC.version / "model.py").exists()
+
+
+def test_engine_shares_a_batch_among_workers_with_the_rows_in_order(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests of sentences of every length, run by the entry's model.py: shared among two
+    single-thread workers, on one two-thread session, and one row at a time, the same vectors."""
+    root = get_settings().model_repository / SPEC.name
+    tok = TextTokenizer.for_model(SPEC)
+    texts = sentences(40)
+    ids, mask = pad_tokens(tok.encode(texts).ids)
+    requests = [
+        {"input_ids": ids[:25], "attention_mask": mask[:25]},
+        {"input_ids": ids[25:], "attention_mask": mask[25:]},
+    ]
+    shared = load_python_model(root, monkeypatch, {"intra_op_threads": "2"})
+    assert shared.workers is not None
+    whole = load_python_model(root, monkeypatch, {"intra_op_threads": "2", "share_runs": "0"})
+    assert whole.workers is None
+    one = ort_run(built)
+    alone = np.concatenate(
+        [one(ids[i : i + 1, : mask[i].sum()], mask[i : i + 1, : mask[i].sum()]) for i in range(40)]
+    )
+    for model in (shared, whole):
+        out = np.concatenate([r.output_tensors[0].array for r in model.execute(requests)])
+        np.testing.assert_allclose(out, alone, atol=1e-5)
+    shared.finalize()
 
 
 def test_copy_weights_recopies_a_changed_file_of_the_same_size(tmp_path: Path) -> None:

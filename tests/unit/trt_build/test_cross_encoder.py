@@ -5,22 +5,20 @@ matching sentence-transformers' CrossEncoder."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.config import Settings, get_settings
 from services.registry import ModelSpec, Registry, load_registry
 from services.tokenizer import TextTokenizer
+from tests.unit.trt_build.python_stub import load_python_model
 from trt_build import cross_encoder as ce
 from trt_build.build import build
 from trt_build.parity import MAX_SCORE_DIFF, PARITY_PAIRS
@@ -113,47 +111,12 @@ def test_redrawn_weights_are_what_makes_the_check_meaningful() -> None:
     assert spread > 20 * default_spread, (spread, default_spread)
 
 
-class _Tensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> np.ndarray:
-        return self.array
-
-
-def _load_triton_model(root: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """The entry's model.py under a stand-in for the backend's utilities, initialized as Triton does."""
-    utils = types.ModuleType("triton_python_backend_utils")
-    utils.Tensor = _Tensor  # type: ignore[attr-defined]
-    utils.TritonError = str  # type: ignore[attr-defined]
-    utils.InferenceResponse = types.SimpleNamespace  # type: ignore[attr-defined]
-    utils.get_input_tensor_by_name = lambda request, name: _Tensor(name, request[name])  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
-    # as the stub does: the version folder is a package, so model.py's relative imports find its siblings
-    version = types.ModuleType("rerank_entry")
-    version.__path__ = [str(root / "1")]
-    monkeypatch.setitem(sys.modules, "rerank_entry", version)
-    monkeypatch.delitem(sys.modules, "rerank_entry.run_plan", raising=False)
-    loader = importlib.util.spec_from_file_location("rerank_entry.model", root / "1" / "model.py")
-    assert loader is not None and loader.loader is not None
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    config = json_format.MessageToDict(
-        _parse((root / "config.pbtxt").read_text()), preserving_proto_field_name=True
-    )
-    model = module.TritonPythonModel()
-    model.initialize(
-        {"model_config": json.dumps(config), "model_repository": str(root), "model_version": "1"}
-    )
-    return model
-
-
 def test_python_backend_model_serves_scores(
     built: tuple[Settings, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Requests of different widths merge, sort and split back in order; a malformed one fails alone."""
     settings, _ = built
-    model = _load_triton_model(settings.model_repository / SPEC.name, monkeypatch)
+    model = load_python_model(settings.model_repository / SPEC.name, monkeypatch)
     tok = TextTokenizer.for_model(SPEC)
     pairs = list(PARITY_PAIRS)
     ids, mask, types_ = tok.encode_pairs([q for q, _ in pairs], [d for _, d in pairs]).padded()
