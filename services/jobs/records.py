@@ -204,13 +204,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisJobStore:
     """Shared by the gateway and Celery workers. Completion is a Redis set: idempotent under redelivery."""
+
+    RUNNING_KEY = "ef:running-jobs"  # ids of queued and running jobs: what `running` reads (bounded)
+    INDEXED_KEY = "ef:running-jobs:indexed"  # set once the index holds the jobs saved before it existed
 
     def __init__(self, url: str) -> None:
         import redis
 
         self.r = redis.Redis.from_url(url, socket_timeout=5)
+        self._indexed = False  # checked at the first `running`: constructing never touches Redis
+
+    def _index_running(self) -> None:
+        """Once per Redis: the running jobs a release without the index saved are added to it (every job
+        record is read this one time). Processes starting together may all do it: adding is idempotent,
+        and `running` drops an id whose job has finished meanwhile."""
+        if self._indexed or self.r.exists(self.INDEXED_KEY):
+            self._indexed = True
+            return
+        tenants = list(self.r.scan_iter(match="ef:jobs:*"))  # one set of job ids a tenant
+        ids = [_str(i) for i in (self.r.sunion(tenants) if tenants else ())]
+        running = [j.id for j in self._load_many(ids) if j.running]
+        if running:
+            self.r.sadd(self.RUNNING_KEY, *running)
+        self.r.set(self.INDEXED_KEY, "1")
+        self._indexed = True
 
     def _load_many(self, job_ids: list[str]) -> list[Job]:
         """Every job in one pipeline round trip (not three per job)."""
@@ -227,7 +250,7 @@ class RedisJobStore:
                 continue
             job = Job(**json.loads(record))
             job.done_chunks = sorted(int(x) for x in done)
-            job.errors = [e.decode() if isinstance(e, bytes) else str(e) for e in errors]
+            job.errors = [_str(e) for e in errors]
             jobs.append(job)
         return jobs
 
@@ -237,6 +260,10 @@ class RedisJobStore:
         pipe = self.r.pipeline()
         pipe.set(f"ef:job:{job.id}", json.dumps(data))
         pipe.sadd(f"ef:jobs:{job.tenant}", job.id)
+        if job.running:
+            pipe.sadd(self.RUNNING_KEY, job.id)
+        else:
+            pipe.srem(self.RUNNING_KEY, job.id)
         if job.done_chunks:
             pipe.sadd(f"ef:job:{job.id}:done", *job.done_chunks)
         pipe.execute()
@@ -258,11 +285,18 @@ class RedisJobStore:
         self.r.rpush(f"ef:job:{job_id}:errors", message[:500])
 
     def running(self, tenant: str | None, collection: str | None = None) -> list[Job]:
-        """Tenant None: every tenant's (a worker starting re-sends their lost chunks,
-        services/worker/recovery.py)."""
-        keys = [f"ef:jobs:{tenant}"] if tenant is not None else list(self.r.scan_iter(match="ef:jobs:*"))
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in (self.r.sunion(keys) if keys else ())]
-        return [j for j in self._load_many(ids) if j.running and collection in (None, j.collection)]
+        """Queued and running jobs, read from the running index (never every job ever saved: records
+        are kept); tenant None: every tenant's (a worker starting re-sends their lost chunks,
+        services/worker/recovery.py). An id whose record is gone or finished leaves the index."""
+        self._index_running()
+        ids = [_str(i) for i in self.r.smembers(self.RUNNING_KEY)]
+        jobs = self._load_many(ids)
+        stale = set(ids) - {j.id for j in jobs if j.running}
+        if stale:
+            self.r.srem(self.RUNNING_KEY, *stale)
+        return [
+            j for j in jobs if j.running and tenant in (None, j.tenant) and collection in (None, j.collection)
+        ]
 
     def claim(self, key: str) -> bool:
         return True  # the broker delivers each message to one worker
