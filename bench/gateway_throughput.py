@@ -78,15 +78,13 @@ def raw_ort(
     out: dict[str, float] = {}
 
     def rate(batches: list[tuple[np.ndarray, np.ndarray]], workers: int) -> float:
+        """One worker: every batch on the intra-op session; k workers: every k-th on the single-thread one."""
+        engine = run if workers == 1 else single
         best = 0.0
         with ThreadPoolExecutor(workers) as pool:
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                if workers == 1:
-                    for batch in batches:
-                        run(*batch)
-                else:
-                    list(pool.map(lambda k: [single(*b) for b in batches[k::workers]], range(workers)))
+                list(pool.map(lambda k: [engine(*b) for b in batches[k::workers]], range(workers)))
                 best = max(best, len(texts) / (time.perf_counter() - t0))
         return best
 
