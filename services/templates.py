@@ -7,13 +7,11 @@ tokens (vlm) or to nothing (dual-tower, where the image goes through its own tow
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from services.errors import InvalidInput
-from services.registry import ModelSpec, Side
+from services.registry import SLOT, ModelSpec, Side
 
-SLOT = re.compile(r"\{(text|image|video)\}")
 SIDE_ALIASES = {
     "query": Side.query,
     "passage": Side.document,

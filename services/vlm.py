@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
@@ -42,7 +43,7 @@ from services.media.qwen2vl import (
     prepare_video,
     qwen3_video_prompt,
 )
-from services.media.video import decode_frames
+from services.media.video import RateSampling, decode_frames
 from services.registry import ModelSpec, Side
 from services.templates import SLOT, Template, resolve
 from services.tokenizer import Truncate
@@ -142,6 +143,31 @@ def render_prompt(
     return prompt
 
 
+CHAT_INSTRUCTION = "Represent the user's input."  # Qwen3-VL-Embedding's instruction when none is given
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+
+
+def chat_prompt(
+    instruction: str, text: str | None, images: int, video: bool, image_token: str, video_token: str
+) -> str:
+    """Qwen3-VL-Embedding's published input (`Qwen3VLEmbedder.format_model_input`, then the Qwen3-VL chat
+    template with the generation prompt): the instruction as the system turn, stripped and given a final
+    period unless it ends in punctuation (the default when empty); the user turn holds the video, then the
+    images, then the text, each visual as `<|vision_start|>placeholder<|vision_end|>`, "NULL" when the
+    item is empty. The last token is the assistant turn's newline: the pooled one."""
+    instruction = instruction.strip()
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        instruction += "."
+    parts = [VISION_START + video_token + VISION_END] if video else []
+    parts += [VISION_START + image_token + VISION_END] * images
+    if text:
+        parts.append(text)
+    return (
+        f"<|im_start|>system\n{instruction or CHAT_INSTRUCTION}<|im_end|>\n"
+        f"<|im_start|>user\n{''.join(parts) or 'NULL'}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def _read_json(spec: ModelSpec, name: str) -> dict:
     path = spec.model_file(name)
     try:
@@ -184,10 +210,10 @@ class VlmModel:
                 raise ConfigError(
                     f"model {spec.name}: placeholder {token!r} is not token {want} of config.json"
                 )
+        self.frame_rate = None if opts.fps is None else RateSampling(opts.fps, opts.min_frames)
         # what decides the pixels besides the bytes: part of every cache key
-        self.fingerprint = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode()).hexdigest()[
-            :16
-        ]
+        contract = [asdict(self.cfg), opts.fps, opts.min_frames]
+        self.fingerprint = hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()[:16]
 
     def prompt(self, template: Template, item: VlmItem) -> str:
         if len(item.images) > self.spec.vlm_options.max_images:
@@ -198,6 +224,15 @@ class VlmModel:
             )
         if item.video is not None and not self.video_token:
             raise InvalidInput(f"model {self.spec.name} takes no video", field=f"{item.field}.video")
+        if self.spec.vlm_options.prompt == "chat":  # raw texts too: the model reads nothing but its chat form
+            return chat_prompt(
+                "" if template is RAW_TEXT else template.template,
+                item.text,
+                len(item.images),
+                item.video is not None,
+                self.image_token,
+                self.video_token,
+            )
         return render_prompt(
             template.template,
             item.text,
@@ -234,7 +269,9 @@ class VlmModel:
             elif token == self.cfg.video_token_id and item.video is not None and timestamps is None:
                 where = f"{item.field}.video"
                 with _naming(where):
-                    frames = decode_frames(item.video, self.settings, self.cfg.frames, where)
+                    frames = decode_frames(
+                        item.video, self.settings, self.cfg.frames, where, rate=self.frame_rate
+                    )
                     visuals.append(
                         prepare_video(
                             frames.images, self.cfg, duration_s=frames.duration_s, times=frames.timestamps

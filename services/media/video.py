@@ -11,6 +11,7 @@ about its duration is still stopped). Nothing here can hang or raise anything bu
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,6 +79,32 @@ def uniform_timestamps(duration_s: float, n: int) -> list[float]:
     return [duration_s * (k + 0.5) / n for k in range(n)]
 
 
+FRAME_FACTOR = 2  # qwen-vl-utils: frame counts are even (one temporal patch holds two frames)
+
+
+@dataclass(frozen=True)
+class RateSampling:
+    """Frames at `fps` instead of a fixed count: qwen-vl-utils' `smart_nframes` rule, which
+    Qwen3-VL-Embedding samples with (fps 1, at most 64). The count is the clip's frames at this rate,
+    kept within [min_frames, max_frames] and the clip's own frame count, rounded down to an even number;
+    the frames are those at the rounded, evenly spaced frame indices over the whole clip."""
+
+    fps: float
+    min_frames: int = 4
+
+    def count(self, total_frames: int, clip_fps: float, max_frames: int) -> int:
+        even = FRAME_FACTOR
+        low = math.ceil(self.min_frames / even) * even
+        high = max_frames // even * even
+        n = min(max(total_frames / clip_fps * self.fps, low), high, total_frames)
+        return max(1, int(n // even * even))  # a clip of one frame keeps it (the reference refuses it)
+
+    @staticmethod
+    def indices(total_frames: int, n: int) -> list[int]:
+        """`torch.linspace(0, total - 1, n).round()` of the reference (round half to even)."""
+        return [int(i) for i in np.round(np.linspace(0, total_frames - 1, n))]
+
+
 def decode_video(
     data: bytes,
     settings: Settings,
@@ -102,8 +129,10 @@ def decode_frames(
     field: str = "inputs[0].video",
     *,
     clock: Callable[[], float] = time.monotonic,
+    rate: RateSampling | None = None,
 ) -> Frames:
-    """Bytes -> up to `frames` uniformly sampled RGB frames under every limit of `decode_video`."""
+    """Bytes -> up to `frames` RGB frames under every limit of `decode_video`: spread evenly over the
+    clip, or (`rate`) at a frame rate, `frames` being the most."""
     if not data:
         raise InvalidInput("video is zero-length", field=field)
     if len(data) > settings.max_video_bytes:
@@ -115,7 +144,7 @@ def decode_frames(
         )
     try:
         with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
-            return _decode(container, settings, frames, field, clock)
+            return _decode(container, settings, frames, field, clock, rate)
     except EmbedfleetError:
         raise
     except av.error.InvalidDataError:
@@ -124,7 +153,7 @@ def decode_frames(
         raise Unprocessable(f"corrupt or undecodable video: {exc}", field=field) from None
 
 
-def _decode(container, settings: Settings, n: int, field: str, clock) -> Frames:
+def _decode(container, settings: Settings, n: int, field: str, clock, rate: RateSampling | None) -> Frames:
     deadline = clock() + settings.video_decode_timeout_s
     if not container.streams.video:
         raise Unprocessable("the file has no video stream", field=field)
@@ -144,6 +173,10 @@ def _decode(container, settings: Settings, n: int, field: str, clock) -> Frames:
     stream.thread_type = "AUTO"
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     targets = uniform_timestamps(duration, n) if duration else [0.0] * n
+    clip_fps = float(stream.average_rate or stream.guessed_rate or 0)
+    if rate is not None and duration and clip_fps > 0:
+        total = int(stream.frames) or max(1, round(duration * clip_fps))
+        targets = [i / clip_fps for i in rate.indices(total, rate.count(total, clip_fps, n))]
 
     def frames_from(seek_to: float | None) -> Iterator[tuple[float, av.VideoFrame]]:
         """Decoded frames (time from start, frame), checking the wall-clock and time budgets per packet."""

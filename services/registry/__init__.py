@@ -8,6 +8,7 @@ the gateway batcher's limits all derive from the same `batching` block here.
 from __future__ import annotations
 
 import importlib.util
+import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ from services.errors import ConfigError, NotFound
 
 DEFAULT_REGISTRY = Path(__file__).with_name("models.yaml")
 PRESETS_FILE = Path(__file__).with_name("templates.yaml")
+SLOT = re.compile(r"\{(text|image|video)\}")  # a template's slots (services.templates renders them)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -123,6 +125,13 @@ class Vlm(_Strict):
     video_min_pixels: int | None = Field(None, ge=1)
     video_max_pixels: int | None = Field(None, ge=1)
     max_images: int = Field(4, ge=1)  # images per item
+    # how an item becomes the backbone's text: VLM2Vec's prompt (services.vlm.render_prompt), or the chat
+    # turns Qwen3-VL-Embedding was published with, each template being the system instruction (chat_prompt)
+    prompt: Literal["vlm2vec", "chat"] = "vlm2vec"
+    # video frames at this rate, between min_frames and the model's video_frames (qwen-vl-utils' rule, what
+    # Qwen3-VL-Embedding samples with: fps 1, at most 64); unset: video_frames spread evenly over the clip
+    fps: float | None = Field(None, gt=0)
+    min_frames: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _ranges(self) -> Vlm:
@@ -229,6 +238,13 @@ class ModelSpec(_Strict):
             raise ValueError("a vlm model needs its tokenizer (prompts are tokenized by the gateway)")
         if self.source.type != "path" or self.source.path is None:
             raise ValueError("a vlm model is served from a local Hugging Face folder (source type: path)")
+        if self.vlm_options.prompt == "chat":
+            for task, pair in self.templates.items():
+                if SLOT.search(pair.query) or SLOT.search(pair.document):
+                    raise ValueError(
+                        f"templates.{task}: a chat-prompt vlm model's templates are system instructions "
+                        "(the item's video, images and text fill the user turn): no {text}/{image}/{video}"
+                    )
 
     @property
     def vlm_options(self) -> Vlm:

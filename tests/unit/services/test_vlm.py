@@ -22,11 +22,19 @@ from services.config import get_settings
 from services.embedder import Embedder
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from services.media import qwen2vl as q
-from services.media.video import decode_frames
+from services.media.video import RateSampling, decode_frames
 from services.multimodal import Item, ItemResult, embed_items
-from services.registry import Batching, ModelSpec, Registry, Side, Vlm, load_registry
+from services.registry import Batching, ModelSpec, Registry, Side, Vlm, load_presets, load_registry
 from services.templates import Template
-from services.vlm import INLINE_TEXT_CHARS, VlmItem, VlmModel, prepare_inline, render_prompt, vlm_template
+from services.vlm import (
+    INLINE_TEXT_CHARS,
+    VlmItem,
+    VlmModel,
+    chat_prompt,
+    prepare_inline,
+    render_prompt,
+    vlm_template,
+)
 from trt_build.synthetic import shapes
 from trt_build.vlm_model import VlmEngine, VlmRequest
 
@@ -362,6 +370,119 @@ def test_a_qwen3_vl_video_item_has_a_timestamp_before_every_frame_pair(media: di
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     video = q.prepare_video(frames.images, cfg, duration_s=frames.duration_s, times=frames.timestamps)
     item = q.prepare_item(tok.encode(written + out.prompt[len(VID) :]).ids, [video], cfg)
+    req = VlmRequest(
+        item.input_ids, np.array([item.lm_tokens]), item.position_ids, item.pixel_values, item.grid_thw
+    )
+    np.testing.assert_allclose(out.vector, engine.embed([req])[0][0], atol=1e-5)
+
+
+# --- Qwen3-VL-Embedding's chat input (registry `vlm.prompt: chat`) --------------------------------------
+
+VS, VE = "<|vision_start|>", "<|vision_end|>"
+
+
+def chat(system: str, user: str) -> str:
+    """The Qwen3-VL chat template's rendering of a system turn and a user turn, generation prompt added."""
+    return (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("instruction", "text", "images", "video", "expected"),
+    [
+        ("", "a red square", 0, False, chat("Represent the user's input.", "a red square")),
+        ("Retrieve images or text relevant to the user's query", "a red square", 0, False,
+         chat("Retrieve images or text relevant to the user's query.", "a red square")),
+        ("  Is it red?  ", "x", 0, False, chat("Is it red?", "x")),  # stripped; ends in punctuation
+        ("找到它。", "x", 0, False, chat("找到它。", "x")),  # a CJK full stop is punctuation too
+        ("Find it", None, 1, False, chat("Find it.", f"{VS}{IMG}{VE}")),
+        ("", "make it blue", 1, False, chat("Represent the user's input.", f"{VS}{IMG}{VE}make it blue")),
+        ("", "compare", 2, True,
+         chat("Represent the user's input.", f"{VS}{VID}{VE}{VS}{IMG}{VE}{VS}{IMG}{VE}compare")),
+        ("", None, 0, False, chat("Represent the user's input.", "NULL")),
+        ("", "", 0, False, chat("Represent the user's input.", "NULL")),
+    ],
+)  # fmt: skip
+def test_chat_prompt_is_qwen3_vl_embeddings_published_input(
+    instruction: str, text: str | None, images: int, video: bool, expected: str
+) -> None:
+    assert chat_prompt(instruction, text, images, video, IMG, VID) == expected
+
+
+def test_a_chat_prompt_model_takes_no_template_slots() -> None:
+    base = {**SPEC.model_dump(exclude={"vlm", "templates", "preset"}, exclude_unset=True), "name": "chat-vlm"}
+    ok = ModelSpec.model_validate(
+        {**base, "vlm": {"prompt": "chat"}, "templates": load_presets()["qwen3-vl-embedding"]["templates"]}
+    )
+    assert ok.vlm_options.prompt == "chat"
+    with pytest.raises(ValueError, match=r"templates.retrieval: a chat-prompt vlm model"):
+        ModelSpec.model_validate(
+            {**base, "vlm": {"prompt": "chat"}, "templates": {"retrieval": {"query": "Find: {text}"}}}
+        )
+
+
+def qwen3_embedding_spec(**vlm: object) -> tuple[ModelSpec, Path]:
+    """A Qwen3-VL-Embedding-style registry entry over a tiny random Qwen3-VL folder (the real vocabulary)."""
+    from tests.unit.trt_build.tiny_qwen_vl import backbone_dir
+
+    folder = backbone_dir("qwen3-vl")
+    hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
+    spec = ModelSpec.model_validate(
+        {
+            **SPEC.model_dump(
+                exclude={"vlm", "source", "batching", "templates", "preset"}, exclude_unset=True
+            ),
+            "name": "qwen3-vl-embedding-tiny",
+            "dimension": hidden,
+            "padding_side": "right",
+            "source": {"type": "path", "path": str(folder)},
+            "templates": load_presets()["qwen3-vl-embedding"]["templates"],
+            "vlm": {"family": "qwen3-vl", "prompt": "chat", **vlm},
+        }
+    )
+    return spec, folder
+
+
+def test_a_chat_prompt_item_is_the_published_turns_through_the_engine(media: dict) -> None:
+    """Image + text on a chat-prompt model: the rendered prompt is the published chat form with the
+    retrieval query instruction, and the vector is the engine's on that string tokenized by hand."""
+    spec, folder = qwen3_embedding_spec()
+    engine = VlmEngine.load(str(folder), device="cpu", dtype="float32", padding_side="right")
+    (out,) = run(
+        embedder_for(engine, spec),
+        [Item(text="make it blue", image=png(media["images"][0]))],
+        task="retrieval",
+    )
+    want = chat("Retrieve images or text relevant to the user's query.", f"{VS}{IMG}{VE}make it blue")
+    assert out.prompt == want
+    cfg = VlmModel(spec, get_settings()).cfg
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    item = q.prepare_item(tok.encode(want).ids, [q.prepare_image(media["images"][0], cfg)], cfg)
+    assert tok.decode(item.input_ids[-1:].tolist()) == "\n"  # the assistant turn's newline: the pooled token
+    req = VlmRequest(
+        item.input_ids, np.array([item.lm_tokens]), item.position_ids, item.pixel_values, item.grid_thw
+    )
+    np.testing.assert_allclose(out.vector, engine.embed([req])[0][0], atol=1e-5)
+    (plain,) = run(embedder_for(engine, spec), [Item(text="make it blue")], task=None)
+    assert plain.prompt == chat("Represent the user's input.", "make it blue")
+
+
+def test_a_chat_prompt_video_is_sampled_at_its_rate_with_timestamps_in_the_user_turn() -> None:
+    spec, folder = qwen3_embedding_spec(fps=1.0)
+    spec = spec.model_copy(update={"video_frames": 64})
+    clip = shapes.render_video(shapes.held_out_items()[0].attrs, seed=3, frames=24, fps=4)  # 6 s at 4 fps
+    engine = VlmEngine.load(str(folder), device="cpu", dtype="float32", padding_side="right")
+    (out,) = run(embedder_for(engine, spec), [Item(video=base64.b64encode(clip).decode())], task=None)
+    frames = decode_frames(clip, get_settings(), 64, rate=RateSampling(1.0))
+    assert len(frames.images) == 6  # 6 s at 1 fps, even
+    pairs = [(a + b) / 2 for a, b in zip(frames.timestamps[::2], frames.timestamps[1::2], strict=True)]
+    written = "".join(f"<{t:.1f} seconds>{VS}{VID}{VE}" for t in pairs)
+    assert out.prompt == chat("Represent the user's input.", f"{VS}{VID}{VE}")  # as rendered, before decoding
+    cfg = VlmModel(spec, get_settings()).cfg
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    video = q.prepare_video(frames.images, cfg, duration_s=frames.duration_s, times=frames.timestamps)
+    item = q.prepare_item(tok.encode(chat("Represent the user's input.", written)).ids, [video], cfg)
     req = VlmRequest(
         item.input_ids, np.array([item.lm_tokens]), item.position_ids, item.pixel_values, item.grid_thw
     )

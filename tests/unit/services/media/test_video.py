@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import io
+import sys
 from fractions import Fraction
+from types import ModuleType
 
 import av
 import numpy as np
@@ -12,7 +15,13 @@ import pytest
 from services.config import Settings
 from services.errors import InvalidInput, PayloadTooLarge, Unprocessable, UnsupportedMedia
 from services.media.images import decode_image
-from services.media.video import decode_frames, decode_video, sniff_container, uniform_timestamps
+from services.media.video import (
+    RateSampling,
+    decode_frames,
+    decode_video,
+    sniff_container,
+    uniform_timestamps,
+)
 from services.registry import Image as ImageSpec
 from trt_build.synthetic import shapes
 
@@ -196,3 +205,50 @@ def test_frames_share_image_preprocessing(settings: Settings) -> None:
     still = decode_image(buf.getvalue(), settings, spec)
     assert frames.shape == (2, 3, 64, 64) and len(ts) == 2
     assert np.abs(frames[0] - still).mean() < 0.1  # mpeg4 + yuv420p loss only
+
+
+@pytest.fixture(scope="module")
+def qwen_vl_utils() -> ModuleType:
+    """qwen-vl-utils' vision_process (pinned in the test extra). It imports torchvision at import time,
+    which is not installed here; stub modules stand in, and only its pure functions are called."""
+    stubs = {name: ModuleType(name) for name in ("torchvision", "torchvision.io", "torchvision.transforms")}
+    stubs["torchvision"].__version__ = "0.28.0"  # type: ignore[attr-defined]
+    stubs["torchvision"].io = stubs["torchvision.io"]  # type: ignore[attr-defined]
+    stubs["torchvision"].transforms = stubs["torchvision.transforms"]  # type: ignore[attr-defined]
+    stubs["torchvision.transforms"].InterpolationMode = object  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as patch:  # the stubs leave sys.modules once it is imported
+        for name, module in stubs.items():
+            patch.setitem(sys.modules, name, module)
+        return importlib.import_module("qwen_vl_utils.vision_process")
+
+
+@pytest.mark.parametrize("fps", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("max_frames", [64, 8, 7])
+def test_rate_sampling_counts_and_picks_frames_as_qwen_vl_utils(
+    qwen_vl_utils: ModuleType, fps: float, max_frames: int
+) -> None:
+    import torch
+
+    rule = RateSampling(fps, min_frames=4)
+    for total, clip_fps in [(3, 30.0), (9, 24.0), (90, 30.0), (301, 29.97), (1800, 30.0), (7200, 24.0)]:
+        ele = {"fps": fps, "min_frames": 4, "max_frames": max_frames}
+        try:
+            want = qwen_vl_utils.smart_nframes(ele, total_frames=total, video_fps=clip_fps)
+        except ValueError:  # the reference refuses a clip it cannot give two frames; we keep what there is
+            want = None
+        got = rule.count(total, clip_fps, max_frames)
+        assert want is None or got == want, (total, clip_fps, got, want)
+        idx = torch.linspace(0, total - 1, got).round().long().tolist()
+        assert rule.indices(total, got) == idx, (total, got)
+
+
+def test_decoding_at_a_frame_rate(settings: Settings) -> None:
+    data = make_video(40, 8)  # 5 s at 8 fps: at 1 fps, 5 frames rounded down to 4 (even), spread over it
+    got = decode_frames(data, settings, 64, rate=RateSampling(1.0))
+    picked = RateSampling.indices(40, 4)  # 0, 13, 26, 39
+    assert got.timestamps == pytest.approx([i / 8 for i in picked], abs=1e-4)
+    levels = [np.asarray(img).mean() for img in got.images]
+    np.testing.assert_allclose(levels, [min(6 * i, 255) for i in picked], atol=3)
+    assert len(decode_frames(data, settings, 2, rate=RateSampling(4.0)).images) == 2  # video_frames caps it
+    long = decode_frames(make_video(40, 1), settings, 64, rate=RateSampling(0.5))  # 40 s, by seeking
+    assert long.timestamps == pytest.approx([float(i) for i in RateSampling.indices(40, 20)], abs=1e-4)
