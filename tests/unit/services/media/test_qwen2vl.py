@@ -1,10 +1,11 @@
 """Qwen2-VL numpy preprocessing against transformers 5.24 (PIL-backend processor, the pinned reference):
 identical grids, ids, mm_token_type_ids and M-RoPE positions, pixels equal; video patch order and frame
-sampling against the video processor's own methods; costs the batcher reads without touching pixels."""
+sampling against the video processor's own methods; costs the batcher reads without touching pixels;
+Qwen3-VL-Embedding's image resize against qwen-vl-utils."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -280,3 +281,25 @@ def test_config_from_a_model_folder() -> None:
     assert q.config_from_hf(preprocessor, qwen25).family == "qwen2.5-vl"
     with pytest.raises(ValueError, match="model_type"):
         q.config_from_hf(preprocessor, {"model_type": "llava"})
+
+
+QWEN3_EMBEDDING = q.with_pixels(q.PRESETS["qwen3-vl"], min_pixels=4 * 32 * 32, max_pixels=1800 * 32 * 32)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(640, 480), (4000, 3000), (33, 900), (50, 40), (1920, 1080), (91, 77)]
+)
+def test_qwen3_vl_embedding_images_are_resized_as_qwen_vl_utils(
+    qwen_vl_utils: ModuleType, width: int, height: int
+) -> None:
+    """Qwen3-VL-Embedding resizes images with qwen-vl-utils' `fetch_image` (PIL, factor 32, its pixel
+    limits) and hands them to the processor with do_resize off: the same grid and the same uint8 patches
+    as the gateway's preparation."""
+    img = picture(width, height, seed=width)
+    ele = {"image": img, "min_pixels": QWEN3_EMBEDDING.min_pixels, "max_pixels": QWEN3_EMBEDDING.max_pixels}
+    theirs = qwen_vl_utils.fetch_image(ele, image_patch_size=16)
+    ours = q.prepare_image(img, QWEN3_EMBEDDING)
+    chw = np.asarray(theirs, dtype=np.uint8).transpose(2, 0, 1)
+    patches, grid = q.patchify(np.broadcast_to(chw, (2, *chw.shape)), QWEN3_EMBEDDING)
+    assert ours.grid_thw == grid
+    np.testing.assert_array_equal(ours.pixel_values, patches)

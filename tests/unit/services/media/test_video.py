@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import io
-import sys
 from fractions import Fraction
 from types import ModuleType
 
@@ -205,21 +203,6 @@ def test_frames_share_image_preprocessing(settings: Settings) -> None:
     still = decode_image(buf.getvalue(), settings, spec)
     assert frames.shape == (2, 3, 64, 64) and len(ts) == 2
     assert np.abs(frames[0] - still).mean() < 0.1  # mpeg4 + yuv420p loss only
-
-
-@pytest.fixture(scope="module")
-def qwen_vl_utils() -> ModuleType:
-    """qwen-vl-utils' vision_process (pinned in the test extra). It imports torchvision at import time,
-    which is not installed here; stub modules stand in, and only its pure functions are called."""
-    stubs = {name: ModuleType(name) for name in ("torchvision", "torchvision.io", "torchvision.transforms")}
-    stubs["torchvision"].__version__ = "0.28.0"  # type: ignore[attr-defined]
-    stubs["torchvision"].io = stubs["torchvision.io"]  # type: ignore[attr-defined]
-    stubs["torchvision"].transforms = stubs["torchvision.transforms"]  # type: ignore[attr-defined]
-    stubs["torchvision.transforms"].InterpolationMode = object  # type: ignore[attr-defined]
-    with pytest.MonkeyPatch.context() as patch:  # the stubs leave sys.modules once it is imported
-        for name, module in stubs.items():
-            patch.setitem(sys.modules, name, module)
-        return importlib.import_module("qwen_vl_utils.vision_process")
 
 
 @pytest.mark.parametrize("fps", [1.0, 2.0, 0.5])
