@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from services.config import Settings
 from services.registry import ModelSpec
+from trt_build.buckets import BucketSet
 from trt_build.stamps import BUILD_CODE, STAMP, BuildReport, inputs_digest, up_to_date, write_stamp
 from trt_build.vlm_model import pixel_stats
 from trt_build.vlm_random import merge_lora
@@ -40,7 +41,8 @@ def vlm_options(spec: ModelSpec, settings: Settings, target: str) -> VlmOptions:
             threads=settings.triton_torch_threads,
             max_patches=patches,
         )
-    return VlmOptions(device="cuda", dtype="bfloat16", max_patches=patches)
+    graphs = str(BucketSet.from_spec(spec)) if settings.torch_cuda_graphs else ""
+    return VlmOptions(device="cuda", dtype="bfloat16", max_patches=patches, graph_buckets=graphs)
 
 
 def check_backbone(spec: ModelSpec, hf_dir: Path) -> int:

@@ -28,6 +28,11 @@ then the final-norm hidden state of each row's last real token (VLM2Vec's `last`
 L2-normalized. A malformed request fails alone at validation; if the merged run itself fails (e.g.
 out of memory), each request is retried alone so only the one that cannot run fails.
 
+On CUDA, with `cuda_graphs` and `buckets` in the config (the gpu build target writes them), the language
+model replays a CUDA graph captured at load for the smallest (rows, width) bucket holding the batch, which
+is padded to it under the engine's own 4-D causal mask; batches no bucket holds, and Qwen3-VL batches with
+visuals (deepstack inputs), run eagerly.
+
 Pixels arrive as the uint8 patches of the resized images (a quarter of float32's bytes on the wire and
 on the way to the GPU); the engine rescales and normalises them with the model's `image_mean`/`image_std`
 (config parameters written at build time) exactly as the HF processor does (`normalize_pixels`).
@@ -47,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import buckets as bk
 from . import pooling
 
 INPUT_NAMES = ("input_ids", "item_lengths", "position_ids", "pixel_values", "grid_thw")
@@ -247,14 +253,21 @@ def assemble(requests: Sequence[VlmRequest], padding_side: str, pad_token_id: in
     )
 
 
-def backbone_forward(
+@dataclass
+class LanguageInputs:
+    """What the language model reads: token embeddings with the vision features in their slots."""
+
+    embeds: torch.Tensor  # [B, L, hidden]
+    mask: torch.Tensor  # [B, L] 1 = real token
+    positions: torch.Tensor  # [3, B, L] M-RoPE
+    extra: dict[str, Any]  # Qwen3-VL's deepstack features (data-dependent: never graphed)
+
+
+def language_inputs(
     model: Any, batch: Batch, spec: TokenSpec, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Vision tower over all patches, features into the placeholder slots, language model with the given
-    3-D positions, last-token pooling (either padding side), L2-normalized. Plain autograd-capable code:
-    the trainer uses it too. `model` is the transformers backbone: `.visual` and `.language_model`."""
+) -> LanguageInputs:
+    """Vision tower over all patches, its features into the placeholder slots of the token embeddings."""
     ids = batch.input_ids.to(device)
-    mask = batch.attention_mask.to(device)
     embeds = model.get_input_embeddings()(ids)
     extra: dict[str, Any] = {}
     if batch.pixel_values is not None and batch.grid_thw is not None:
@@ -266,14 +279,41 @@ def backbone_forward(
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), feats.to(embeds.dtype))
         if hasattr(model.visual, "deepstack_merger_list"):  # Qwen3-VL feeds tower layers into early LM layers
             extra = {"visual_pos_masks": slots, "deepstack_visual_embeds": vision.deepstack_features}
+    return LanguageInputs(embeds, batch.attention_mask.to(device), batch.position_ids.to(device), extra)
+
+
+def backbone_forward(
+    model: Any, batch: Batch, spec: TokenSpec, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Vision tower, features into the placeholder slots, language model with the given 3-D positions,
+    last-token pooling (either padding side), L2-normalized. Plain autograd-capable code: the trainer uses
+    it too. `model` is the transformers backbone: `.visual` and `.language_model`."""
+    x = language_inputs(model, batch, spec, device, dtype)
     out = model.language_model(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=batch.position_ids.to(device),
-        use_cache=False,
-        **extra,
+        inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions, use_cache=False, **x.extra
     )
-    return pooling.l2_normalize(pooling.pool(out.last_hidden_state, mask, "last-token"))
+    return pooling.l2_normalize(pooling.pool(out.last_hidden_state, x.mask, "last-token"))
+
+
+def causal_mask(valid: torch.Tensor) -> torch.Tensor:
+    """[B, L] 0/1 -> [B, 1, L, L] bool, True where a query may attend: earlier or same real tokens. A
+    padding row attends to itself alone, so it stays finite (it is never pooled); real rows never see
+    padding. What transformers builds from the 2-D mask, made here so a graph can take it as an input."""
+    n = valid.shape[1]
+    idx = torch.arange(n, device=valid.device)
+    allowed = (idx[None, :] <= idx[:, None])[None] & valid.bool()[:, None, :]
+    return (allowed | torch.eye(n, dtype=torch.bool, device=valid.device))[:, None]
+
+
+@dataclass
+class LanguageGraph:
+    """One captured (rows, width) shape of the language model: static inputs, the output they produce."""
+
+    graph: Any  # torch.cuda.CUDAGraph
+    embeds: torch.Tensor
+    mask: torch.Tensor  # causal_mask's form
+    positions: torch.Tensor
+    hidden: torch.Tensor
 
 
 class LinearPatchEmbed(torch.nn.Module):
@@ -321,11 +361,17 @@ class VlmEngine:
         *,
         image_mean: Sequence[float],
         image_std: Sequence[float],
+        buckets: bk.BucketSet | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         linear_patch_embed(self.model.visual)
+        # the language model runs padded to a (rows, width) bucket, replaying a CUDA graph where one was
+        # captured (`capture`); only a model whose layers all take the one full-attention mask
+        layer_types = getattr(self.model.language_model.config, "layer_types", None) or ["full_attention"]
+        self.buckets = buckets if all(t == "full_attention" for t in layer_types) else None
+        self.graphs: dict[tuple[int, int], LanguageGraph] = {}
         self.padding_side = padding_side
         self.max_batch_tokens = max_batch_tokens  # padded rows x width of one forward
         config = model.config
@@ -358,6 +404,7 @@ class VlmEngine:
         padding_side: str = "left",
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        buckets: bk.BucketSet | None = None,
         **limits: int,
     ) -> VlmEngine:
         """The bare backbone (AutoModel: no LM head) from a saved ...ForConditionalGeneration folder.
@@ -368,7 +415,16 @@ class VlmEngine:
         if image_mean is None or image_std is None:
             image_mean, image_std = pixel_stats(os.path.join(model_dir, "preprocessor_config.json"))
         model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation=attn_implementation)
-        return cls(model, device, dtype, padding_side, image_mean=image_mean, image_std=image_std, **limits)
+        return cls(
+            model,
+            device,
+            dtype,
+            padding_side,
+            image_mean=image_mean,
+            image_std=image_std,
+            buckets=buckets,
+            **limits,
+        )
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -377,7 +433,85 @@ class VlmEngine:
         if batch.pixel_values is not None and batch.pixel_values.dtype == torch.uint8:
             pixels = normalize_pixels(batch.pixel_values.to(self.device), self.pixel_mean, self.pixel_std)
             batch = dataclasses.replace(batch, pixel_values=pixels)
-        return backbone_forward(self.model, batch, self.spec, self.device, self.dtype)
+        x = language_inputs(self.model, batch, self.spec, self.device, self.dtype)
+        if self.buckets is not None and not x.extra:
+            hidden = self._language_in_bucket(x)
+        else:
+            hidden = self.model.language_model(
+                inputs_embeds=x.embeds,
+                attention_mask=x.mask,
+                position_ids=x.positions,
+                use_cache=False,
+                **x.extra,
+            ).last_hidden_state
+        return pooling.l2_normalize(pooling.pool(hidden, x.mask, "last-token"))
+
+    def _language(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The language model on a `causal_mask` (passed as transformers' prepared mask mapping, so it
+        builds none: nothing in the call depends on the data, and it can be captured)."""
+        out = self.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask={"full_attention": mask},
+            position_ids=positions,
+            use_cache=False,
+        )
+        hidden: torch.Tensor = out.last_hidden_state
+        return hidden
+
+    def _language_in_bucket(self, x: LanguageInputs) -> torch.Tensor:
+        """The language model padded to the smallest bucket holding the batch (rows and columns of padding
+        after it), through its graph when captured; the batch's own rows and columns come back. A batch no
+        bucket holds runs as it is."""
+        assert self.buckets is not None
+        b, n, width = x.embeds.shape[0], x.embeds.shape[1], 0
+        try:
+            rows, width = self.buckets.choose(b, n)
+        except ValueError:
+            rows = 0
+        if not rows:
+            return self._language(x.embeds, causal_mask(x.mask), x.positions)
+        cols = slice(0, n)  # where the batch sits does not matter: positions are given, pads are masked
+        embeds = x.embeds.new_zeros((rows, width, x.embeds.shape[2]))
+        valid = x.mask.new_zeros((rows, width))
+        positions = x.positions.new_zeros((3, rows, width))
+        embeds[:b, cols], valid[:b, cols], positions[:, :b, cols] = x.embeds, x.mask, x.positions
+        mask = causal_mask(valid)
+        entry = self.graphs.get((rows, width))
+        if entry is None:
+            hidden = self._language(embeds, mask, positions)
+        else:
+            entry.embeds.copy_(embeds)
+            entry.mask.copy_(mask)
+            entry.positions.copy_(positions)
+            entry.graph.replay()
+            hidden = entry.hidden
+        return hidden[:b, cols]
+
+    @torch.inference_mode()
+    def capture(self, warmup: int = 2) -> int:
+        """A CUDA graph of the language model per bucket, largest first, in one memory pool (a replay's
+        output is read before the next replay starts, so sharing the pool is safe). Qwen3-VL items with
+        visuals bypass them (their deepstack inputs depend on the data). Returns how many were captured;
+        none off CUDA or without buckets."""
+        if self.buckets is None or self.device.type != "cuda":
+            return 0
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        for rows, width in self.buckets.pairs():
+            embeds = torch.zeros((rows, width, self.hidden_size), dtype=self.dtype, device=self.device)
+            mask = causal_mask(torch.ones((rows, width), dtype=torch.int64, device=self.device))
+            positions = torch.zeros((3, rows, width), dtype=torch.int64, device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self._language(embeds, mask, positions)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                hidden = self._language(embeds, mask, positions)
+            self.graphs[(rows, width)] = LanguageGraph(graph, embeds, mask, positions, hidden)
+        torch.cuda.synchronize(self.device)
+        return len(self.graphs)
 
     def embed(self, requests: Sequence[VlmRequest]) -> list[np.ndarray | Exception]:
         """Per request: [n_items, hidden] float32, or the error that request alone caused.
@@ -476,7 +610,10 @@ class TritonPythonModel:
             max_batch_tokens=int(params.get("max_batch_tokens", str(1 << 16))),
             image_mean=_floats(params["image_mean"]) if "image_mean" in params else None,
             image_std=_floats(params["image_std"]) if "image_std" in params else None,
+            buckets=bk.BucketSet.parse(params["buckets"]) if params.get("buckets") else None,
         )
+        if params.get("cuda_graphs", "false") == "true":
+            self.engine.capture()
 
     def _error(self, text: str) -> Any:
         return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(text))

@@ -29,6 +29,8 @@ class VlmOptions:
     queue_delay_us: int = 500
     max_patches: int = 1 << 17  # vision patches per forward (~32 1-megapixel images)
     model_dir: str = "hf"  # relative to the version folder
+    # CUDA graphs of the language model over these (rows, width) buckets (BucketSet text); "" for none
+    graph_buckets: str = ""
 
 
 def _input(name: str, dtype: str, dims: str, optional: bool = False) -> str:
@@ -73,6 +75,8 @@ def vlm_config(
         "image_std": ",".join(repr(float(v)) for v in image_std),
         "registry_version": spec.version,
     }
+    if opts.graph_buckets:
+        params.update({"cuda_graphs": "true", "buckets": opts.graph_buckets})
     parts = [
         f'name: "{spec.triton_name}"',
         'backend: "python"',

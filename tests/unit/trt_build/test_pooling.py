@@ -127,10 +127,10 @@ def test_exported_graph_pools_like_the_reference(tiny_bert: Path, mode: str, tmp
 
 def test_model_files_ship_their_relative_imports(tmp_path: Path) -> None:
     assert model_files.siblings("torch_cuda_model.py") == ["buckets.py", "pooling.py"]
-    assert model_files.siblings("vlm_model.py") == ["pooling.py"]
+    assert model_files.siblings("vlm_model.py") == ["buckets.py", "pooling.py"]
     assert model_files.siblings("python_model.py") == ["run_plan.py"]
     written = model_files.install_model("vlm_model.py", tmp_path / "1")
-    assert sorted(p.name for p in written) == ["model.py", "pooling.py"]
+    assert sorted(p.name for p in written) == ["buckets.py", "model.py", "pooling.py"]
     assert (tmp_path / "1" / "pooling.py").read_text() == Path(pooling.__file__).read_text()
 
 

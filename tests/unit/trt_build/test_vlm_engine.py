@@ -23,10 +23,13 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
+from services.config import Settings
 from services.media import qwen2vl as q
 from services.registry import ModelSpec
 from tests.unit.trt_build.tiny_qwen_vl import backbone_dir, engine_request, normalized, write_adapter
 from trt_build import vlm_model as vm
+from trt_build.buckets import BucketSet
+from trt_build.vlm_build import vlm_options
 from trt_build.vlm_random import FAMILIES, load_lora, merge_lora
 from trt_build.vlm_target import VlmOptions, vlm_config, write_vlm_entry
 
@@ -126,6 +129,44 @@ def test_mixed_batch_matches_transformers(fx: Fixture) -> None:
         assert cos >= MIN_COSINE, (fx.family, name, cos)
         alone = fx.engine.embed([engine_request([item])])[0][0]
         assert float(np.abs(alone - got[name]).max()) < 1e-5, (fx.family, name)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_language_model_padded_to_a_bucket_gives_the_same_vectors(fx: Fixture, side: str) -> None:
+    """What the CUDA-graph path runs, eagerly on CPU: the batch padded to a (rows, width) bucket (rows and
+    columns of padding after it, whichever side the batch itself is padded on) with the engine's own 4-D
+    causal mask; a batch no bucket holds runs unpadded with that mask. Qwen3-VL batches with visuals
+    bypass buckets (deepstack inputs)."""
+    items = list(fx.items().values())
+    requests = [engine_request(items[:2]), engine_request(items[2:])]
+    fx.engine.padding_side = side
+    try:
+        plain = np.concatenate(fx.engine.embed(requests))
+    finally:
+        fx.engine.padding_side = "left"
+    for buckets in (BucketSet((1, 2, 8), (16, 64, 256, 1024)), BucketSet((1,), (16,))):
+        engine = vm.VlmEngine(
+            copy.deepcopy(fx.hf.model),
+            device="cpu",
+            padding_side=side,
+            buckets=buckets,
+            image_mean=fx.cfg.mean,
+            image_std=fx.cfg.std,
+        )
+        assert engine.capture() == 0 and engine.graphs == {}  # graphs are captured on CUDA only
+        got = np.concatenate(engine.embed(requests))
+        assert float(np.abs(got - plain).max()) < 1e-5, (fx.family, side, str(buckets))
+
+
+def test_causal_mask_is_what_transformers_builds_for_real_rows() -> None:
+    valid = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
+    mask = vm.causal_mask(valid)[:, 0]
+    assert mask.shape == (2, 4, 4) and mask.dtype == torch.bool
+    f, t = False, True
+    assert mask[0, 3].tolist() == [f, f, t, t] and mask[0, 2].tolist() == [f, f, t, f]
+    assert mask[1, 1].tolist() == [t, t, f, f]
+    # padding queries (never pooled) stay finite: one with no real key before it sees itself
+    assert mask[0, 0].tolist() == [t, f, f, f] and mask[1, 3].tolist() == [t, t, t, t]
 
 
 def test_right_padding_gives_the_same_vectors(fx: Fixture) -> None:
@@ -302,6 +343,21 @@ def test_triton_config(tmp_path: Path) -> None:
         vlm_config(tiny_spec(), 1176, VlmOptions(threads=4), **PIXELS), model_config_pb2.ModelConfig()
     )
     assert threaded.parameters["threads"].string_value == "4"
+    assert "cuda_graphs" not in params and "buckets" not in params
+    graphed = text_format.Parse(
+        vlm_config(tiny_spec(), 1176, VlmOptions(graph_buckets="1,2|16,32|64"), **PIXELS),
+        model_config_pb2.ModelConfig(),
+    )
+    assert graphed.parameters["cuda_graphs"].string_value == "true"
+    assert BucketSet.parse(graphed.parameters["buckets"].string_value) == BucketSet((1, 2), (16, 32), 64)
+
+
+def test_the_gpu_target_captures_graphs_over_the_registry_buckets() -> None:
+    spec = tiny_spec()
+    gpu = vlm_options(spec, Settings(), "gpu")
+    assert gpu.graph_buckets and BucketSet.parse(gpu.graph_buckets) == BucketSet.from_spec(spec)
+    assert vlm_options(spec, Settings(torch_cuda_graphs=False), "gpu").graph_buckets == ""
+    assert vlm_options(spec, Settings(), "cpu").graph_buckets == ""  # eager on CPU: padding would cost
 
 
 def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,7 +368,9 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
     root = tmp_path / "vlm-tiny"
     # a mean and std of its own: the engine must take them from config.pbtxt, not the folder
     pixels = {"image_mean": (0.3, 0.4, 0.5), "image_std": (0.2, 0.25, 0.3)}
-    weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, VlmOptions(device="cpu", threads=3), **pixels)
+    # bucket parameters as the gpu target writes them: parsed, the padded path run (no graphs off CUDA)
+    opts = VlmOptions(device="cpu", threads=3, graph_buckets="1,2,4|16,64,256|")
+    weights = write_vlm_entry(tiny_spec(), root, fx.dir, 1176, opts, **pixels)
     threads: list[int] = []  # what the stub would set in its own process, not in this one
     monkeypatch.setattr(vm.torch, "set_num_threads", threads.append)
     assert sorted(p.name for p in weights.iterdir()) == ["config.json", "model.safetensors"]
@@ -328,6 +386,7 @@ def test_triton_model_end_to_end(fx: Fixture, tmp_path: Path, monkeypatch: pytes
         }
     )
     assert threads == [3]
+    assert model.engine.buckets == BucketSet((1, 2, 4), (16, 64, 256)) and model.engine.graphs == {}
     items = fx.items()
     req = engine_request([items["text"], items["image"]])
     good = {
