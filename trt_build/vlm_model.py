@@ -296,9 +296,10 @@ def backbone_forward(
 
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
-    """[B, L] 0/1 -> [B, 1, L, L] bool, True where a query may attend: earlier or same real tokens. A
-    padding row attends to itself alone, so it stays finite (it is never pooled); real rows never see
-    padding. What transformers builds from the 2-D mask, made here so a graph can take it as an input."""
+    """[B, L] 0/1 -> [B, 1, L, L] bool, True where a query may attend: earlier or same real tokens; a
+    padding query also attends to itself, so one with no real key before it stays finite (padding is never
+    pooled, and real rows never see it). What transformers builds from the 2-D mask, made here so a graph
+    can take it as an input."""
     n = valid.shape[1]
     idx = torch.arange(n, device=valid.device)
     allowed = (idx[None, :] <= idx[:, None])[None] & valid.bool()[:, None, :]
