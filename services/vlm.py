@@ -145,6 +145,7 @@ def render_prompt(
 
 CHAT_INSTRUCTION = "Represent the user's input."  # Qwen3-VL-Embedding's instruction when none is given
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+CHAT_TAIL = "<|im_end|>\n<|im_start|>assistant\n"  # the user turn's end and the generation prompt
 
 
 def chat_prompt(
@@ -162,10 +163,8 @@ def chat_prompt(
     parts += [VISION_START + image_token + VISION_END] * images
     if text:
         parts.append(text)
-    return (
-        f"<|im_start|>system\n{instruction or CHAT_INSTRUCTION}<|im_end|>\n"
-        f"<|im_start|>user\n{''.join(parts) or 'NULL'}<|im_end|>\n<|im_start|>assistant\n"
-    )
+    system = f"<|im_start|>system\n{instruction or CHAT_INSTRUCTION}<|im_end|>\n"
+    return f"{system}<|im_start|>user\n{''.join(parts) or 'NULL'}{CHAT_TAIL}"
 
 
 def _read_json(spec: ModelSpec, name: str) -> dict:
@@ -283,7 +282,7 @@ class VlmModel:
         limit = self.spec.max_seq_length
         truncated = False
         if not visuals and truncate != "none" and len(ids) > limit:
-            ids, truncated = (ids[:limit] if truncate == "end" else ids[-limit:]), True
+            ids, truncated = self._cut(ids, prompt, item.text, truncate), True
         prepared = prepare_item(ids, visuals, self.cfg, item.field)
         if prepared.lm_tokens > limit:
             visual = prepared.lm_tokens - len(ids) + len(visuals)
@@ -293,6 +292,21 @@ class VlmModel:
                 field=item.field,
             )
         return Prepared(prepared, truncated, timestamps)
+
+    def _cut(self, ids: list[int], prompt: str, text: str | None, truncate: Truncate) -> list[int]:
+        """A text-only prompt over the limit, cut to it: VLM2Vec's at its end or start, as text models are
+        cut; a chat prompt inside its user turn, so the turns and the pooled last token stay (cutting the
+        string's end would pool a word of the text)."""
+        limit = self.spec.max_seq_length
+        if self.spec.vlm_options.prompt != "chat" or not text:
+            return ids[:limit] if truncate == "end" else ids[-limit:]
+        head = self.tokenizer.encode(prompt[: prompt.rindex(text + CHAT_TAIL)]).ids
+        tail = self.tokenizer.encode(CHAT_TAIL).ids
+        room = limit - len(head) - len(tail)
+        if room < 1:  # the turns alone are over the limit: prepare_item's check refuses the item
+            return ids
+        kept = self.tokenizer.encode(text).ids
+        return head + (kept[:room] if truncate == "end" else kept[-room:]) + tail
 
 
 @contextlib.contextmanager

@@ -487,3 +487,30 @@ def test_a_chat_prompt_video_is_sampled_at_its_rate_with_timestamps_in_the_user_
         item.input_ids, np.array([item.lm_tokens]), item.position_ids, item.pixel_values, item.grid_thw
     )
     np.testing.assert_allclose(out.vector, engine.embed([req])[0][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["end", "start"])
+def test_an_over_long_chat_text_is_cut_inside_its_user_turn(side: str) -> None:
+    """Cutting the prompt's end would drop the generation prompt and pool a word of the text: the text is
+    cut instead, the turns kept whole, the item exactly at the limit."""
+    spec, folder = qwen3_embedding_spec()
+    spec = spec.model_copy(update={"max_seq_length": 48})
+    model = VlmModel(spec, get_settings())
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    text = " ".join(f"word{k}" for k in range(200))
+    prompt = model.prompt(vlm_template(spec, "retrieval", Side.query), VlmItem(text=text))
+    got = model.prepare(prompt, VlmItem(text=text), side)  # type: ignore[arg-type]
+    ids = got.item.input_ids.tolist()
+    assert got.truncated and len(ids) == 48
+    head = tok.encode(
+        chat("Retrieve images or text relevant to the user's query.", "")[
+            : -len("<|im_end|>\n<|im_start|>assistant\n")
+        ]
+    ).ids
+    tail = tok.encode("<|im_end|>\n<|im_start|>assistant\n").ids
+    words = tok.encode(text).ids
+    room = 48 - len(head) - len(tail)
+    assert ids == head + (words[:room] if side == "end" else words[-room:]) + tail
+    assert tok.decode(ids[-1:]) == "\n"  # still the assistant turn's newline that is pooled
+    with pytest.raises(PayloadTooLarge, match="truncate"):
+        model.prepare(prompt, VlmItem(text=text), "none")
