@@ -50,11 +50,8 @@ QUERY = "Find me an everyday image that matches the given caption: a red square 
 IMAGE_PROMPT = "<|image_pad|>\nRepresent the given image.\n"
 
 
-def items(folder: Path, kind: str, n: int) -> list[q.PreparedItem]:
+def items(cfg: q.QwenVLConfig, tok: Tokenizer, kind: str, n: int) -> list[q.PreparedItem]:
     """n prepared items: a text query, or a 448 x 336 noise image with VLM2Vec's document prompt."""
-    pre = json.loads((folder / "preprocessor_config.json").read_text())
-    cfg = q.config_from_hf(pre, json.loads((folder / "config.json").read_text()))
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     rng = np.random.default_rng(0)
     out = []
     for k in range(n):
@@ -81,10 +78,13 @@ def timed(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def measure(engine: VlmEngine, folder: Path, repeats: int) -> dict[str, Any]:
     """Each (kind, batch): eager (no buckets) and bucketed (graphs where captured), in turns."""
     buckets = engine.buckets
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    cfg = q.config_from_hf(pre, json.loads((folder / "config.json").read_text()))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     rows: dict[str, Any] = {}
     for kind in ("text", "image"):
         for b in BATCHES:
-            request = [VlmRequest(*engine_inputs(items(folder, kind, b)))]
+            request = [VlmRequest(*engine_inputs(items(cfg, tok, kind, b)))]
 
             def embed(r: list[VlmRequest] = request) -> np.ndarray:
                 (out,) = engine.embed(r)

@@ -464,12 +464,10 @@ class VlmEngine:
         after it), through its graph when captured; the batch's own rows and columns come back. A batch no
         bucket holds runs as it is."""
         assert self.buckets is not None
-        b, n, width = x.embeds.shape[0], x.embeds.shape[1], 0
+        b, n = x.embeds.shape[0], x.embeds.shape[1]
         try:
             rows, width = self.buckets.choose(b, n)
         except ValueError:
-            rows = 0
-        if not rows:
             return self._language(x.embeds, causal_mask(x.mask), x.positions)
         cols = slice(0, n)  # where the batch sits does not matter: positions are given, pads are masked
         embeds = x.embeds.new_zeros((rows, width, x.embeds.shape[2]))

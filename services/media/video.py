@@ -172,11 +172,12 @@ def _decode(container, settings: Settings, n: int, field: str, clock, rate: Rate
         )
     stream.thread_type = "AUTO"
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    targets = uniform_timestamps(duration, n) if duration else [0.0] * n
     clip_fps = float(stream.average_rate or stream.guessed_rate or 0)
     if rate is not None and duration and clip_fps > 0:
         total = int(stream.frames) or max(1, round(duration * clip_fps))
         targets = [i / clip_fps for i in rate.indices(total, rate.count(total, clip_fps, n))]
+    else:
+        targets = uniform_timestamps(duration, n) if duration else [0.0] * n
 
     def frames_from(seek_to: float | None) -> Iterator[tuple[float, av.VideoFrame]]:
         """Decoded frames (time from start, frame), checking the wall-clock and time budgets per packet."""
