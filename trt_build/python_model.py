@@ -5,14 +5,16 @@ imports only numpy, onnxruntime, the backend's own utilities and `run_plan` (cop
 requests of one `execute` call are merged into one set of rows, sorted by true length and run in the
 padded runs `run_plan.plan_runs` picks (fewest padded tokens at a price per call): padding, not the
 model, decides CPU throughput, and a gateway's batch holds sentences in arrival order, of every length.
-The runs of a batch of several rows are shared among `intra_op_threads` single-thread workers
-(`run_plan.share_runs` says why); a batch of one row runs on a session with that many intra-op threads.
+The runs of a batch of several rows are shared among `intra_op_threads` single-thread workers, each
+pulling the next run from one queue (`run_plan.share_runs` and `dearest_first` say why); a batch of one
+row runs on a session with that many intra-op threads.
 Token models take every int64 input the config names (a cross-encoder adds `token_type_ids`); each
 request's rows go back shaped as the config's output dims (a reranker's [n] scores as [n, 1]).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from .run_plan import plan_runs, share_runs
+from .run_plan import dearest_first, plan_runs, share_runs
 
 MAX_ROWS_PER_RUN = 64
 
@@ -83,25 +85,31 @@ class TritonPythonModel:
         order = np.argsort(-lengths, kind="stable")
         runs = plan_runs(lengths[order], MAX_ROWS_PER_RUN, self.max_tokens)
 
-        def run(
-            part: list[tuple[int, int]], session: ort.InferenceSession
-        ) -> list[tuple[np.ndarray, np.ndarray]]:
-            done = []
-            for start, stop in part:
-                idx = order[start:stop]
-                longest = max(int(lengths[idx[0]]), 1)
-                feeds = {
-                    n: merged[k, idx, :longest] for k, n in enumerate(self.input_names) if n in self.feeds
-                }
-                done.append((idx, self._run(feeds, session)))
-            return done
+        def run(start: int, stop: int, session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray]:
+            idx = order[start:stop]
+            longest = max(int(lengths[idx[0]]), 1)
+            feeds = {n: merged[k, idx, :longest] for k, n in enumerate(self.input_names) if n in self.feeds}
+            return idx, self._run(feeds, session)
 
         if self.workers is None or self.single is None or total == 1:
-            results = run(runs, self.session)
+            results = [run(start, stop, self.session) for start, stop in runs]
         else:
-            shares = [p for p in share_runs(runs, lengths[order], self.threads) if p]
+            queue = collections.deque(
+                dearest_first(share_runs(runs, lengths[order], self.threads), lengths[order])
+            )
             single = self.single
-            results = [r for part in self.workers.map(lambda p: run(p, single), shares) for r in part]
+
+            def pull(_: int) -> list[tuple[np.ndarray, np.ndarray]]:
+                done: list[tuple[np.ndarray, np.ndarray]] = []
+                while True:
+                    try:
+                        start, stop = queue.popleft()  # atomic: the workers share the queue
+                    except IndexError:
+                        return done
+                    done.append(run(start, stop, single))
+
+            workers = min(self.threads, len(queue))
+            results = [r for part in self.workers.map(pull, range(workers)) for r in part]
         out = np.empty((total, *results[0][1].shape[1:]), dtype=np.float32)
         for idx, result in results:
             out[idx] = result

@@ -3,6 +3,7 @@ ONNX parity against sentence-transformers, idempotent builds, and the TensorRT s
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from trt_build import engine
 from trt_build.build import build
 from trt_build.parity import MIN_COSINE, TextReference, check_parity, ort_run
 from trt_build.profiles import text_profile, trtexec_shapes
+from trt_build.run_plan import dearest_first, plan_runs, share_runs
 from trt_build.triton_config import CpuOptions, cpu_config, gpu_config
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -115,6 +117,47 @@ def test_engine_shares_a_batch_among_workers_with_the_rows_in_order(
         out = np.concatenate([r.output_tensors[0].array for r in model.execute(requests)])
         np.testing.assert_allclose(out, alone, atol=1e-5)
     shared.finalize()
+
+
+def test_a_held_up_worker_leaves_the_rest_of_the_batch_to_the_other(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers pull runs from one queue: while one is held up in its first run (its core taken by
+    another process), the other runs everything else. With shares fixed in advance the other would stop
+    after its own share and the held one's first call would wait out its timeout."""
+    root = get_settings().model_repository / SPEC.name
+    ids, mask = pad_tokens(TextTokenizer.for_model(SPEC).encode(sentences(40)).ids)
+    model = load_python_model(root, monkeypatch, {"intra_op_threads": "2"})
+    max_rows = type(model).execute.__globals__["MAX_ROWS_PER_RUN"]  # model.py's own constant
+    lengths = np.sort(mask.sum(axis=1))[::-1]
+    runs = plan_runs(lengths, max_rows, model.max_tokens)
+    total = len(dearest_first(share_runs(runs, lengths, 2), lengths))
+    assert total >= 3
+    calls: list[int] = []
+    lock, released = threading.Lock(), threading.Event()
+    run = model._run
+
+    def held_first(feeds: dict[str, np.ndarray], session: object = None) -> np.ndarray:
+        with lock:
+            calls.append(threading.get_ident())
+            k = len(calls)
+        if k == 1:
+            assert released.wait(10), "the other worker stopped before the queue was empty"
+        out = run(feeds, session)
+        if k == total:
+            released.set()
+        return out
+
+    monkeypatch.setattr(model, "_run", held_first)
+    (response,) = model.execute([{"input_ids": ids, "attention_mask": mask}])
+    assert getattr(response, "error", None) is None
+    assert calls.count(calls[0]) == 1 and len(calls) == total
+    one = ort_run(built)
+    expected = np.concatenate(
+        [one(ids[i : i + 1, : mask[i].sum()], mask[i : i + 1, : mask[i].sum()]) for i in range(40)]
+    )
+    np.testing.assert_allclose(response.output_tensors[0].array, expected, atol=1e-5)
+    model.finalize()
 
 
 def test_copy_weights_recopies_a_changed_file_of_the_same_size(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from trt_build.run_plan import plan_runs, run_cost, share_runs
+from trt_build.run_plan import dearest_first, plan_runs, run_cost, share_runs
 
 
 def cost(lengths: list[int], runs: list[tuple[int, int]], run_cost: int) -> int:
@@ -89,3 +89,14 @@ def test_one_run_is_cut_for_two_workers_and_one_row_is_not() -> None:
     lengths = np.array([200, *[10] * 12])
     shares = share_runs(plan_runs(lengths, 64, 8192), lengths, 2)
     assert [(0, 1)] in shares and span(lengths, shares) == run_cost(lengths, 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_queue_holds_every_cut_run_once_dearest_first(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = np.sort(rng.integers(1, 120, int(rng.integers(2, 80))))[::-1]
+    shares = share_runs(plan_runs(lengths, 64, 8192), lengths, 2)
+    queue = dearest_first(shares, lengths)
+    assert sorted(queue) == sorted(run for share in shares for run in share)
+    costs = [run_cost(lengths, *run) for run in queue]
+    assert costs == sorted(costs, reverse=True)
