@@ -29,22 +29,8 @@ from services.media import qwen2vl as q
 from services.vlm import engine_inputs
 from trt_build.buckets import BucketSet
 from trt_build.vlm_model import VlmEngine, VlmRequest
-from trt_build.vlm_random import TinySize, build_random
+from trt_build.vlm_random import SIZES, build_random
 
-SIZES = {
-    "tiny": TinySize(),
-    # Qwen2-VL-2B (VLM2Vec-V2's base): 28 layers of 1536, GQA 12/2, a 32-block 1280-wide vision tower
-    "2b": TinySize(
-        hidden=1536,
-        layers=28,
-        heads=12,
-        kv_heads=2,
-        intermediate=8960,
-        vision_depth=32,
-        vision_width=1280,
-        vision_heads=16,
-    ),
-}
 BATCHES = (1, 4, 16)
 QUERY = "Find me an everyday image that matches the given caption: a red square on a blue background"
 IMAGE_PROMPT = "<|image_pad|>\nRepresent the given image.\n"

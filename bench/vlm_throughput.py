@@ -19,7 +19,13 @@ it), and so does which process bounds the served rate.
 
 Inputs: held-out vlm-shapes renders (PNG, 64 px) with the image-document prompt, and 8-frame mp4 clips.
 
+`--random-size small` serves, instead of vlm-shapes (1.7 M parameters, whose forward costs about what the
+serving around it does), a random Qwen2-VL backbone of that size (`trt_build.vlm_random.SIZES`; the real
+Qwen2 vocabulary) under vlm-shapes' registry entry and preprocessor config, so only the backbone differs:
+the same grids, prompts, limits and batching. It is built into a temporary registry and model repository.
+
     nice -n 5 python -m bench.vlm_throughput          # -> bench/results/vlm_throughput.json
+    nice -n 5 python -m bench.vlm_throughput --random-size small --out bench/results/vlm_throughput_small.json
 """
 
 from __future__ import annotations
@@ -29,14 +35,17 @@ import base64
 import io
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
+import yaml
 
 from bench.gateway_throughput import CpuMeter, load, serving
 from bench.indexing_search import machine
@@ -46,6 +55,7 @@ from services.vlm import VlmItem, VlmModel, engine_inputs, vlm_template
 from trt_build.synthetic import shapes
 from trt_build.synthetic import train_vlm as tv
 from trt_build.vlm_model import VlmEngine, VlmRequest
+from trt_build.vlm_random import SIZES, build_random
 
 MODEL = "vlm-shapes"
 RESULTS = PACKAGE_ROOT / "bench" / "results" / "vlm_throughput.json"
@@ -63,11 +73,27 @@ def inputs(n_images: int, n_videos: int) -> tuple[list[bytes], list[bytes]]:
     return pngs, clips
 
 
+def random_backbone(size: str, workdir: Path) -> tuple[str, Settings]:
+    """A random Qwen2-VL backbone of `size` registered as vlm-shapes is (its entry, its preprocessor
+    config) in a registry and model repository under `workdir`: the model's name and the settings."""
+    folder = build_random(workdir / "backbone", "qwen2-vl", size=SIZES[size])
+    shapes_spec = load_registry().get(MODEL)
+    shutil.copy(shapes_spec.source_dir() / "preprocessor_config.json", folder)
+    raw = yaml.safe_load(Settings().registry_path.read_text())
+    entry = next(dict(m) for m in raw["models"] if m["name"] == MODEL)
+    name = f"vlm-random-{size}"
+    entry |= {"name": name, "source": {"type": "path", "path": str(folder)}, "dimension": SIZES[size].hidden}
+    raw["models"].append(entry)
+    registry = workdir / "models.yaml"
+    registry.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return name, Settings(registry_path=registry, model_repository=workdir / "repository")
+
+
 class Raw:
     """The gateway's preprocessing and the engine core, in this process."""
 
-    def __init__(self, settings: Settings) -> None:
-        spec = load_registry(settings.registry_path).get(MODEL)
+    def __init__(self, settings: Settings, model: str) -> None:
+        spec = load_registry(settings.registry_path).get(model)
         self.model = VlmModel(spec, settings)
         cfg = self.model.cfg
         self.engine = VlmEngine.load(
@@ -114,12 +140,19 @@ class Raw:
 
 
 def served(
-    url: str, kind: str, payloads: list[str], clients: int, seconds: float, meter: CpuMeter, workdir: Path
+    url: str,
+    model: str,
+    kind: str,
+    payloads: list[str],
+    clients: int,
+    seconds: float,
+    meter: CpuMeter,
+    workdir: Path,
 ) -> dict[str, Any]:
     """`clients` closed-loop clients, one item a request, from bench/loadgen.py in its own process (an
     in-process client pool would take the CPU the served path is measured on)."""
     bodies = workdir / f"{kind}.json"
-    bodies.write_text(json.dumps([{"model": MODEL, "inputs": [{kind: p}]} for p in payloads]))
+    bodies.write_text(json.dumps([{"model": model, "inputs": [{kind: p}]} for p in payloads]))
     r = load(url, str(bodies), clients, 1, 10**9, seconds, meter, path="/v1/embed")
     done = int(cast(int, r["ok"]))
     used = cast(dict[str, float], r["cpu_s"])
@@ -140,11 +173,26 @@ def main() -> None:
     p.add_argument("--raw-seconds", type=float, default=3.0, help="each batch size of each raw run")
     p.add_argument("--rounds", type=int, default=2, help="served runs per kind, each between two raw runs")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--random-size", choices=sorted(SIZES), default=None, help="a random backbone, not vlm-shapes"
+    )
     args = p.parse_args()
-    settings = Settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model, settings = (
+            (MODEL, Settings()) if args.random_size is None else random_backbone(args.random_size, work)
+        )
+        report = measure(args, model, settings, work)
+    if args.random_size is not None:
+        report["backbone"] = {"random": args.random_size, **asdict(SIZES[args.random_size])}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def measure(args: argparse.Namespace, model: str, settings: Settings, work: Path) -> dict[str, Any]:
+    """Raw and served runs in turns, per kind."""
     torch.set_num_threads(settings.triton_torch_threads)  # the served engine's own setting
     pngs, clips = inputs(args.images, args.videos)
-    raw = Raw(settings)
+    raw = Raw(settings, model)
     items = {
         "image": [VlmItem(images=(x,)) for x in pngs],
         "video": [VlmItem(video=x) for x in clips],
@@ -155,29 +203,30 @@ def main() -> None:
     }
     report: dict[str, Any] = {
         "machine": machine(),
-        "model": MODEL,
+        "model": model,
         "clients": args.clients,
         "torch_threads": settings.triton_torch_threads,
         "kinds": {},
     }
     env = {
-        "EMBEDFLEET_MODELS": MODEL,
+        "EMBEDFLEET_MODELS": model,
         "EMBEDFLEET_CACHE_BACKEND": "none",
         "EMBEDFLEET_DATA_DIR": "/dev/shm/embedfleet-vlm-bench",
+        "EMBEDFLEET_REGISTRY_PATH": str(settings.registry_path),
+        "EMBEDFLEET_MODEL_REPOSITORY": str(settings.model_repository),
     }
-    with serving(env) as server, tempfile.TemporaryDirectory() as tmp:
+    with serving(env) as server:
         # the python-backend stub (its process name, truncated: the engine) apart from tritonserver itself
         meter = CpuMeter(
             server.proc.pid, "gateway", {"tritonserver": "tritonserver", "triton_python_b": "engine"}
         )
-        work = Path(tmp)
         for kind, p_list in payloads.items():  # warm up: first calls load kernels
-            served(server.url, kind, p_list, 2, 3.0, meter, work)
+            served(server.url, model, kind, p_list, 2, 3.0, meter, work)
         for kind in items:  # raw, served, raw, ... in turns: each served run against its two neighbours
             raws = [raw.best(items[kind], args.clients, args.raw_seconds)]
             rounds = []
             for _ in range(args.rounds):
-                got = served(server.url, kind, payloads[kind], args.clients, args.seconds, meter, work)
+                got = served(server.url, model, kind, payloads[kind], args.clients, args.seconds, meter, work)
                 raws.append(raw.best(items[kind], args.clients, args.raw_seconds))
                 ref = (raws[-2]["per_s"] + raws[-1]["per_s"]) / 2
                 best_any = (raws[-2]["best_any_batch_per_s"] + raws[-1]["best_any_batch_per_s"]) / 2
@@ -202,7 +251,7 @@ def main() -> None:
             }
             print(kind, json.dumps(report["kinds"][kind]["rounds"]), flush=True)
     report["loadavg_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

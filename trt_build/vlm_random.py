@@ -63,6 +63,34 @@ class TinySize:
         return [half - 2 * h, h, h]
 
 
+SIZES = {
+    "tiny": TinySize(),
+    # a quarter of Qwen2-VL-2B's width and depth (head sizes kept): ~25 M parameters besides the embedding
+    # table, a backbone whose forward, not the serving around it, is most of an item's cost on a CPU
+    "small": TinySize(
+        hidden=384,
+        layers=7,
+        heads=3,
+        kv_heads=1,
+        intermediate=2240,
+        vision_depth=8,
+        vision_width=320,
+        vision_heads=4,
+    ),
+    # Qwen2-VL-2B (VLM2Vec-V2's base): 28 layers of 1536, GQA 12/2, a 32-block 1280-wide vision tower
+    "2b": TinySize(
+        hidden=1536,
+        layers=28,
+        heads=12,
+        kv_heads=2,
+        intermediate=8960,
+        vision_depth=32,
+        vision_width=1280,
+        vision_heads=16,
+    ),
+}
+
+
 def tiny_config(family: str, size: TinySize | None = None) -> Any:
     """A transformers config for a tiny backbone of `family` with Qwen's real special-token ids."""
     import transformers
