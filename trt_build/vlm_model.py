@@ -289,10 +289,16 @@ def backbone_forward(
     last-token pooling (either padding side), L2-normalized. Plain autograd-capable code: the trainer uses
     it too. `model` is the transformers backbone: `.visual` and `.language_model`."""
     x = language_inputs(model, batch, spec, device, dtype)
+    return pooling.l2_normalize(pooling.pool(language_eager(model, x), x.mask, "last-token"))
+
+
+def language_eager(model: Any, x: LanguageInputs) -> torch.Tensor:
+    """The language model's last hidden state over `x`, transformers building the mask from the 2-D one."""
     out = model.language_model(
         inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions, use_cache=False, **x.extra
     )
-    return pooling.l2_normalize(pooling.pool(out.last_hidden_state, x.mask, "last-token"))
+    hidden: torch.Tensor = out.last_hidden_state
+    return hidden
 
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -438,13 +444,7 @@ class VlmEngine:
         if self.buckets is not None and not x.extra:
             hidden = self._language_in_bucket(x)
         else:
-            hidden = self.model.language_model(
-                inputs_embeds=x.embeds,
-                attention_mask=x.mask,
-                position_ids=x.positions,
-                use_cache=False,
-                **x.extra,
-            ).last_hidden_state
+            hidden = language_eager(self.model, x)
         return pooling.l2_normalize(pooling.pool(hidden, x.mask, "last-token"))
 
     def _language(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,14 @@ def test_build_is_idempotent(built: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (repo / SPEC.version / "model.py").exists()
 
 
+def row_by_row(built: Path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The reference vectors: each row alone through ORT, unpadded."""
+    one = ort_run(built)
+    return np.concatenate(
+        [one(ids[i : i + 1, : mask[i].sum()], mask[i : i + 1, : mask[i].sum()]) for i in range(len(ids))]
+    )
+
+
 def test_engine_shares_a_batch_among_workers_with_the_rows_in_order(
     built: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,10 +117,7 @@ def test_engine_shares_a_batch_among_workers_with_the_rows_in_order(
     assert shared.workers is not None
     whole = load_python_model(root, monkeypatch, {"intra_op_threads": "2", "share_runs": "0"})
     assert whole.workers is None
-    one = ort_run(built)
-    alone = np.concatenate(
-        [one(ids[i : i + 1, : mask[i].sum()], mask[i : i + 1, : mask[i].sum()]) for i in range(40)]
-    )
+    alone = row_by_row(built, ids, mask)
     for model in (shared, whole):
         out = np.concatenate([r.output_tensors[0].array for r in model.execute(requests)])
         np.testing.assert_allclose(out, alone, atol=1e-5)
@@ -152,11 +157,7 @@ def test_a_held_up_worker_leaves_the_rest_of_the_batch_to_the_other(
     (response,) = model.execute([{"input_ids": ids, "attention_mask": mask}])
     assert getattr(response, "error", None) is None
     assert calls.count(calls[0]) == 1 and len(calls) == total
-    one = ort_run(built)
-    expected = np.concatenate(
-        [one(ids[i : i + 1, : mask[i].sum()], mask[i : i + 1, : mask[i].sum()]) for i in range(40)]
-    )
-    np.testing.assert_allclose(response.output_tensors[0].array, expected, atol=1e-5)
+    np.testing.assert_allclose(response.output_tensors[0].array, row_by_row(built, ids, mask), atol=1e-5)
     model.finalize()
 
 
